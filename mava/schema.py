@@ -1,0 +1,138 @@
+"""The MA-V output contract: sample keys, tar member names, output layout and manifest columns.
+
+This is the single module that knows these names; every reader and writer imports them from here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# --- sources and keys -----------------------------------------------------------------------------
+
+SOURCES = ("manual", "auto")
+SOURCE_CODE = {"manual": "m", "auto": "a"}
+CODE_SOURCE = {v: k for k, v in SOURCE_CODE.items()}
+
+#: ids that may appear in keys and paths: no dots (WebDataset splits keys at the first dot),
+#: no slashes, no leading dash.
+SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+KEY_RE = re.compile(r"^(?P<video_id>.+)_(?P<code>[ma])(?P<masklet_id>\d{3,})_(?P<start>\d{4,})$")
+
+MAX_SEGMENT_LEN = 100  # member names carry a 2-digit frame number
+
+
+def is_safe_id(value: str) -> bool:
+    """True when `value` can be used as a path component and inside a WebDataset key."""
+    return isinstance(value, str) and bool(SAFE_ID.match(value)) and value not in (".", "..")
+
+
+def sample_key(video_id: str, source: str, masklet_id: int, start: int) -> str:
+    """The stable key of one segment, e.g. ``sav_000001_m003_0012``."""
+    if not is_safe_id(video_id):
+        raise ValueError(f"unsafe video id {video_id!r}")
+    return f"{video_id}_{SOURCE_CODE[source]}{int(masklet_id):03d}_{int(start):04d}"
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    video_id: str
+    source: str
+    masklet_id: int
+    start: int
+
+
+def parse_key(key: str) -> KeyParts:
+    """Inverse of :func:`sample_key`."""
+    m = KEY_RE.match(key)
+    if not m:
+        raise ValueError(f"not an MA-V sample key: {key!r}")
+    return KeyParts(m["video_id"], CODE_SOURCE[m["code"]], int(m["masklet_id"]), int(m["start"]))
+
+
+# --- tar members ----------------------------------------------------------------------------------
+
+META_EXT = "json"
+
+
+def alpha_ext(i: int) -> str:
+    """Extension (after the key) of the i-th alpha PNG of a sample: ``alpha.03.png``."""
+    return f"alpha.{i:02d}.png"
+
+
+def frame_ext(i: int) -> str:
+    """Extension of the i-th RGB frame JPEG of a sample: ``frame.03.jpg``."""
+    return f"frame.{i:02d}.jpg"
+
+
+ALPHA_EXT_RE = re.compile(r"^alpha\.(\d{2})\.png$")
+FRAME_EXT_RE = re.compile(r"^frame\.(\d{2})\.jpg$")
+
+# Fields of <key>.json
+META_FIELDS = (
+    "key", "video_id", "source", "masklet_id", "start", "num_frames", "ann_frames", "video_frames",
+    "overlap", "height", "width", "matter", "mask_rles",
+)
+
+# --- layout ---------------------------------------------------------------------------------------
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}"
+
+
+def shard_tar(split: str, index: int) -> str:
+    """Path of a shard relative to ``<out>/<split>``."""
+    return f"shards/{shard_name(split, index)}.tar"
+
+
+def shard_manifest(split: str, index: int) -> str:
+    return f"manifest/{shard_name(split, index)}.parquet"
+
+
+def shard_done(split: str, index: int) -> str:
+    return f"done/{shard_name(split, index)}.json"
+
+
+RUN_JSON = "run.json"
+SHARDS_GLOB = "shards/*.tar"
+MANIFEST_GLOB = "manifest/*.parquet"
+DONE_GLOB = "done/*.json"
+TMP_SUFFIX = ".tmp"  # partial files; never matched by the globs above
+
+# --- manifest -------------------------------------------------------------------------------------
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+#: Threshold band for "semi-transparent": alpha strictly inside (SEMI_LO, SEMI_HI).
+SEMI_LO, SEMI_HI = 0.02, 0.98
+
+MANIFEST_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),           # shard name, e.g. sav_train-000003
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("source", pa.string()),                          # manual | auto (null: video-level failure)
+    pa.field("masklet_id", pa.int32()),
+    pa.field("start", pa.int32()),                            # first annotated frame index
+    pa.field("num_frames", pa.int32()),
+    pa.field("ann_frames", pa.list_(pa.int32())),             # annotated (6 fps) indices
+    pa.field("video_frames", pa.list_(pa.int32())),           # video (24 fps) indices
+    pa.field("overlap", pa.int32()),                          # frames shared with the previous window
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("status", pa.string(), nullable=False),          # ok | failed
+    pa.field("error_type", pa.string()),                      # exception class name when failed
+    pa.field("error", pa.string()),                           # human-readable message when failed
+    pa.field("matter", pa.string()),
+    pa.field("mean_alpha", pa.float32()),                     # mean of alpha over the clip
+    pa.field("semi_fraction", pa.float32()),                  # fraction of pixels with SEMI_LO<alpha<SEMI_HI
+    pa.field("mask_iou", pa.float32()),                       # IoU(alpha>0.5, input mask)
+    pa.field("mask_area", pa.float32()),                      # mean input-mask fraction per frame
+    pa.field("tar_offset", pa.int64()),                       # byte offset of the sample's first member header
+    pa.field("tar_size", pa.int64()),                         # bytes spanned by all the sample's members
+    pa.field("num_members", pa.int32()),
+])
+MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)

@@ -1,0 +1,1 @@
+"""Matters: turn frames + binary masks into alpha mattes (VideoMaMa on GPU, CPU matters, baseline)."""
