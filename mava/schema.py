@@ -36,6 +36,18 @@ def sample_key(video_id: str, source: str, masklet_id: int, start: int) -> str:
     return f"{video_id}_{SOURCE_CODE[source]}{int(masklet_id):03d}_{int(start):04d}"
 
 
+def video_failure_key(video_id: str) -> str:
+    """Key of the single failed row recorded when nothing of a video could be planned.
+
+    Unsafe ids are replaced by a hash so the key stays a plain, unique token.
+    """
+    if is_safe_id(video_id):
+        return f"{video_id}_video"
+    import hashlib
+
+    return f"unsafe-{hashlib.sha1(str(video_id).encode()).hexdigest()[:16]}_video"
+
+
 @dataclass(frozen=True)
 class KeyParts:
     video_id: str
