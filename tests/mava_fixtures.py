@@ -24,16 +24,17 @@ ANN = 10          # annotated frames per masklet
 SEG = 4           # segment length: windows 0, 4, then 6 (shifted back, overlap 2)
 
 
-def gt_alpha(vid: int, mid: int, ann: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    cy, cx = H / 2 + 3 * mid - 3, 8 + 2.5 * ann + 4 * vid
-    r = 8 + mid
+def gt_alpha(vid: int, mid: int, ann: int, h: int = H, w: int = W) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = h / H
+    cy, cx = h / 2 + (3 * mid - 3) * s, (8 + 2.5 * ann + 4 * vid) * s
+    r = (8 + mid) * s
     d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
     return np.clip((r - d) / 4 + 0.5, 0, 1)
 
 
 def frames_for(vid: int, alphas: np.ndarray, anns: list[int]) -> np.ndarray:
-    yy, xx = np.mgrid[0:H, 0:W]
+    yy, xx = np.mgrid[0:alphas.shape[1], 0:alphas.shape[2]]
     out = []
     for a, ann in zip(alphas, anns):
         bg = np.stack([(40 + 3 * xx + ann) % 256, (60 + 4 * yy) % 256, np.full_like(xx, 90 + 20 * vid)], -1)
@@ -66,7 +67,8 @@ def _matter(name: str):
 
 
 def build(root: Path, split: str = "mava_synth", videos: int = 3, masklets: int = 2, frames: str = "jpg",
-          matter: str = "guided", videos_per_shard: int = 2) -> tuple[Path, Path]:
+          matter: str = "guided", videos_per_shard: int = 2, h: int = H, w: int = W, ann: int = ANN,
+          seg_len: int = SEG) -> tuple[Path, Path]:
     """Write ``root/out/<split>`` and ``root/gt_alpha``; return (split dir, gt dir)."""
     out = root / "out" / split
     gt_dir = root / "gt_alpha"
@@ -79,14 +81,14 @@ def build(root: Path, split: str = "mava_synth", videos: int = 3, masklets: int 
         shard_samples.setdefault(shard, [])
         shard_failures.setdefault(shard, [])
         for mid in range(masklets):
-            gts = np.stack([gt_alpha(v, mid, a) for a in range(ANN)])
-            for a in range(ANN):
+            gts = np.stack([gt_alpha(v, mid, a, h, w) for a in range(ann)])
+            for a in range(ann):
                 p = gt_dir / gt_path(vid, mid, a)
                 p.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray((gts[a] * 255).round().astype(np.uint8), "L").save(p)
             masks = np.stack([degrade.simplify_polygons(g > 0.5, 2.0) for g in gts])
-            for start, overlap in windows(ANN, SEG):
-                seg = Segment(vid, "manual", mid, start, SEG, overlap)
+            for start, overlap in windows(ann, seg_len):
+                seg = Segment(vid, "manual", mid, start, seg_len, overlap)
                 anns = seg.ann_frames
                 fr = frames_for(v, gts[anns], anns)
                 mk = masks[anns]
