@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import posixpath
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,7 +253,9 @@ def check_rle(rle: Any, height: int, width: int, path: str, where: str) -> int:
 def decode_rle(rle: dict) -> np.ndarray:
     """bool[H, W] mask of a (validated) compressed RLE."""
     r = {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}
-    return mask_utils.decode(r).astype(bool)
+    with warnings.catch_warnings():  # pycocotools 2.0.x vs numpy 2 copy-keyword deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode([r])[:, :, 0].astype(bool)
 
 
 def encode_mask(mask: np.ndarray) -> dict:
