@@ -38,6 +38,12 @@ class Decoder(Protocol):
     def close(self) -> None: ...
 
 
+def _check_complete(url: str, readable: int, declared: int) -> None:
+    """A container whose index declares more frames than can be read is truncated."""
+    if declared and readable < declared:
+        raise VideoCorrupt(url, f"truncated: the header declares {declared} frames, only {readable} can be read")
+
+
 def _check_indices(url: str, indices: Sequence[int], n: int) -> list[int]:
     idx = [int(i) for i in indices]
     bad = [i for i in idx if i < 0 or i >= n]
@@ -67,14 +73,14 @@ class _LocalCopy:
             os.unlink(self.path)
 
 
-def _probe(url: str, source) -> tuple[int, int]:
-    """(height, width) of the first video stream, read from the header."""
+def _probe(url: str, source) -> tuple[int, int, int]:
+    """(height, width, declared frame count or 0) of the first video stream, from the header."""
     import av
 
     try:
         with av.open(source) as c:
-            cc = c.streams.video[0].codec_context
-            return int(cc.height), int(cc.width)
+            st = c.streams.video[0]
+            return int(st.codec_context.height), int(st.codec_context.width), int(st.frames or 0)
     except (av.FFmpegError, IndexError, OSError) as e:
         raise VideoCorrupt(url, f"cannot open video: {e}") from e
 
@@ -93,7 +99,7 @@ class DecordDecoder:
             path = self._copy.path
         else:
             path = sav.url_fs(url)[1]
-        self.height, self.width = _probe(url, path)
+        self.height, self.width, declared = _probe(url, path)
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
         except (decord.DECORDError, RuntimeError) as e:
@@ -101,9 +107,13 @@ class DecordDecoder:
             raise VideoCorrupt(url, f"cannot open video: {e}") from e
         self.num_frames = len(self._vr)
         self.fps = float(self._vr.get_avg_fps())
-        if self.num_frames <= 0:
+        try:
+            if self.num_frames <= 0:
+                raise VideoCorrupt(url, "video has no frames")
+            _check_complete(url, self.num_frames, declared)
+        except VideoCorrupt:
             self.close()
-            raise VideoCorrupt(url, "video has no frames")
+            raise
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         import decord
@@ -162,9 +172,13 @@ class PyAVDecoder:
         self._idx = {p: i for i, p in enumerate(self._pts)}
         self._keys = sorted(self._idx[p] for p in keys)
         self.num_frames = len(self._pts)
-        if self.num_frames == 0 or not self._keys:
+        try:
+            if self.num_frames == 0 or not self._keys:
+                raise VideoCorrupt(url, "video has no decodable frames")
+            _check_complete(url, self.num_frames, int(self._s.frames or 0))
+        except VideoCorrupt:
             self.close()
-            raise VideoCorrupt(url, "video has no decodable frames")
+            raise
         cc = self._s.codec_context
         self.height, self.width = int(cc.height), int(cc.width)
         rate = self._s.average_rate or self._s.guessed_rate
