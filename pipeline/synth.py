@@ -11,6 +11,9 @@ Writes, under ``DIR/<split>`` (default ``sav_train``):
   object at each annotated frame (video frame 4*annotated_idx);
 - ``synth_meta.json``: the specs, so frames can be re-rendered (:func:`render`) for checks.
 
+Same seed, same JSON and ground-truth PNG bytes; the mp4 content is the same within codec
+tolerance (libx264 through PyAV is not byte-reproducible run to run in this environment).
+
 Object 0 is always visible (feathered ellipse), object 1 (hair-like strands) disappears for a while,
 object 2 (motion-blurred box) appears late. Everything is seeded and deterministic.
 """
@@ -277,6 +280,25 @@ def _annotation(spec: VideoSpec, rles: list[list[dict]], areas: np.ndarray, sour
     }
 
 
+def rgb_to_yuv420(img: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 planes stacked as [H*3/2, W] uint8 (what decoders assume).
+
+    Done in numpy so the pixels handed to the encoder do not depend on swscale's build or flags.
+    """
+    x = img.astype(np.float32) / 255
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    cb = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    cr = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    h, w = y.shape
+
+    def sub(c):
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    q = lambda a: np.clip(a + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
+    return np.concatenate([q(y), q(sub(cb)).reshape(h // 4, w), q(sub(cr)).reshape(h // 4, w)])
+
+
 def write_video(spec: VideoSpec, folder: Path, gt_root: Path | None, threads: int = 1) -> Path:
     """Render, encode and annotate one video into ``folder``; GT alpha PNGs under ``gt_root``."""
     import av
@@ -291,12 +313,15 @@ def write_video(spec: VideoSpec, folder: Path, gt_root: Path | None, threads: in
         st = c.add_stream("libx264", rate=FPS)
         st.width, st.height, st.pix_fmt = spec.width, spec.height, "yuv420p"
         st.codec_context.thread_count = threads
-        st.options = {"crf": str(spec.crf), "preset": spec.preset, "x264-params": "keyint=48:min-keyint=48"}
+        st.options = {"crf": str(spec.crf), "preset": spec.preset, "x264-params": f"keyint=48:min-keyint=48:threads={threads}:lookahead-threads=1"}
         it = render(spec)
         if spec.num_frames > 500:
             it = tqdm(it, total=spec.num_frames, desc=spec.video_id, leave=False)
         for t, (img, alpha) in enumerate(it):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if spec.height % 4 == 0:
+                f = av.VideoFrame.from_ndarray(rgb_to_yuv420(img), format="yuv420p")
+            else:
+                f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts, f.time_base = t, Fraction(1, FPS)
             for pkt in st.encode(f):
                 c.mux(pkt)
