@@ -68,7 +68,7 @@ def model_size(height: int, width: int, long_side: int = 1024) -> tuple[int, int
     scale = long_side / max(height, width)
 
     def snap(v: float) -> int:
-        return max(LATENT_MULTIPLE, int(round(v / LATENT_MULTIPLE)) * LATENT_MULTIPLE)
+        return max(LATENT_MULTIPLE, int(v / LATENT_MULTIPLE + 0.5) * LATENT_MULTIPLE)  # nearest, ties up
 
     return snap(height * scale), snap(width * scale)
 
