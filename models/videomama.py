@@ -178,7 +178,12 @@ class VideoMaMaMatter(MatterBase):
         obj = cls.__new__(cls)
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
-        obj._setup(unet.to(dtype), vae.to(cls._vae_dtype(dtype, vae.config)), cfg, device, dtype, None)
+        vae_dtype = cls._vae_dtype(dtype, vae.config)
+        if unet.dtype != dtype:
+            unet = unet.to(dtype)
+        if vae.dtype != vae_dtype:
+            vae = vae.to(vae_dtype)
+        obj._setup(unet, vae, cfg, device, dtype, None)
         return obj
 
     @staticmethod

@@ -166,3 +166,17 @@ def test_missing_folders_are_named(tiny, tmp_path):
     assert str(missing / "vae") in str(e.value) and "VideoMaMa release" in str(e.value)
     with pytest.raises(FileNotFoundError):
         build_matter("videomama", MatterConfig())
+
+
+def test_gpu_benchmark_script_runs_production_path_on_cpu(capsys):
+    from benchmarks.gpu_matter import main
+
+    assert main(["--device", "cpu", "--height", "64", "--width", "128", "--source-height", "96",
+                 "--source-width", "192", "--frames", "2", "--batch", "2", "--iters", "1",
+                 "--stage-timing", "--uint8"]) == 0
+    out = capsys.readouterr().out
+    for text in ("FLOPs per segment", "[baseline eager]", "[optimised: uint8, batch 2, decode_chunk 12]",
+                 "encode", "unet", "decode", "alpha |optimised - baseline|"):
+        assert text in out, text
+    max_diff = float(out.split("alpha |optimised - baseline|: max ")[1].split(",")[0])
+    assert max_diff <= 0.5 / 255 + 1e-5  # batching: last-bit noise; uint8: half a step
