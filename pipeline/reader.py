@@ -61,7 +61,7 @@ class VideoPlan:
     rles: dict[tuple[str, int], list[dict]] = field(default_factory=dict, repr=False)
 
 
-def _sources(cfg: ReaderConfig) -> tuple[str, ...]:
+def masklet_sources(cfg: ReaderConfig) -> tuple[str, ...]:
     if cfg.masklets not in MASKLET_CHOICES:
         raise ValueError(f"masklets must be one of {MASKLET_CHOICES}, got {cfg.masklets!r}")
     return schema.SOURCES if cfg.masklets == "all" else (cfg.masklets,)
@@ -85,7 +85,7 @@ def plan_video(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
     """
     if not schema.is_safe_id(ref.video_id):
         raise UnsafeId(ref.id_source or str(ref.video_url), f"unsafe video id {ref.video_id!r}")
-    sources = _sources(cfg)
+    sources = masklet_sources(cfg)
     if ref.layout == sav.LAYOUT_FRAMES:
         return _plan_frames_layout(ref, cfg, sources)
     anns = []
