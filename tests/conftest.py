@@ -28,3 +28,61 @@ def synth_split(tmp_path_factory) -> Path:
     bg = str(synth.DEFAULT_BG) if synth.DEFAULT_BG.exists() else ""
     specs = synth.make_specs(3, 60, seed=1, sizes=["160x96", "96x160"], background=bg)
     return synth.generate_split(root, specs, "sav_train")
+
+
+# one Ray session runs both jobs (each new local cluster costs ~15 s on 2 cores)
+_RUN_JOBS = "import json, sys; from pipeline.run import main; sys.exit(max([main(a) for a in json.loads(sys.argv[1])]))"
+
+
+@pytest.fixture(scope="session")
+def _mava_jobs(synth_split, tmp_path_factory) -> dict[str, Path]:
+    """The real job (``pipeline.run --matter guided``) on a copy of `synth_split` with two bad inputs
+    mixed in (a video whose mp4 is missing, one masklet emptied), plus a ``--frames none`` run of
+    its first video, in one subprocess and one local Ray cluster."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from pipeline import sav
+
+    root = tmp_path_factory.mktemp("mava_job")
+    data = root / "data"
+    split = data / synth_split.name
+    shutil.copytree(synth_split, split, ignore=shutil.ignore_patterns("gt_alpha"))
+    # bad inputs: sav_000004 has annotations but no video; masklet 2 of sav_000003 is never visible
+    d = json.loads((split / "sav_000" / "sav_000001_manual.json").read_text())
+    d["video_id"] = "sav_000004"
+    (split / "sav_000" / "sav_000004_manual.json").write_text(json.dumps(d))
+    p = split / "sav_000" / "sav_000003_manual.json"
+    d = json.loads(p.read_text())
+    h, w = int(d["video_height"]), int(d["video_width"])
+    for frame in d["masklet"]:
+        frame[2] = sav.encode_mask(np.zeros((h, w), bool))
+    p.write_text(json.dumps(d))
+
+    common = ["--split", split.name, "--data-root", str(data), "--matter", "guided", "--address", "local",
+              "--num-cpus", "2", "--videos-per-shard", "1", "--no-progress", "--log-level", "WARNING"]
+    runs = {"jpg": common + ["--out", str(root / "out")],
+            "none": common + ["--out", str(root / "out_noframes"), "--frames", "none", "--limit-videos", "1"]}
+    res = subprocess.run([sys.executable, "-c", _RUN_JOBS, json.dumps(list(runs.values()))],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return {"jpg": root / "out" / split.name, "none": root / "out_noframes" / split.name,
+            "gt": synth_split / "gt_alpha"}
+
+
+@pytest.fixture(scope="session")
+def job_output(_mava_jobs) -> tuple[Path, Path]:
+    """(out split dir, gt_alpha dir) of the real job with the guided CPU matter on `synth_split`
+    (3 videos, 1 per shard) plus a 4th video without mp4 (a VideoMissing row, a shard with no sample)
+    and masklet 2 of sav_000003 emptied (an EmptyMasklet row). Treat as read-only: copy to modify."""
+    return _mava_jobs["jpg"], _mava_jobs["gt"]
+
+
+@pytest.fixture(scope="session")
+def job_output_alpha_only(_mava_jobs) -> Path:
+    """Out split dir of the same job with ``--frames none`` on the first video only (read-only)."""
+    return _mava_jobs["none"]

@@ -1,9 +1,12 @@
 """Test-only MA-V shard builder following the output contract exactly, with checkable content.
 
+Why crafted and not the job's output (conftest `job_output`, used everywhere else): the
+frame/alpha alignment test needs a frame whose pixels encode the alpha exactly, so that any
+misalignment of a crop, resize or flip between frames and alpha shows pixel by pixel. No matter
+produces that (a matte is an estimate of the object's alpha, not a function of the pixels).
+
 Content: alpha is a soft-edged square moving 2 px per frame; the frame JPEG's red channel equals the
-alpha (so frame/alpha alignment survives any crop), green is a ramp in x, blue a ramp in y. The input
-mask is alpha > 0.5 shifted by one pixel. Used where a test crafts content the pipeline cannot produce
-(exact frame/alpha alignment, samples without an ok row, truncated shards).
+alpha, green is a ramp in x, blue a ramp in y. The input mask is alpha > 0.5 shifted by one pixel.
 """
 
 from __future__ import annotations

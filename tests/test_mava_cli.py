@@ -1,8 +1,11 @@
-"""`python -m mava` commands on a split written by the real shard writer with a CPU matter."""
+"""`python -m mava` commands on a real pipeline output: `pipeline.run --matter guided` on the generated
+split (conftest `job_output`: 14 ok samples, an EmptyMasklet and a VideoMissing row). Tests that modify
+the output work on a copy."""
 
 import io
 import json
 import shutil
+from collections import Counter
 import subprocess
 import sys
 import tarfile
@@ -17,12 +20,19 @@ from mava import manifest as mf
 from mava import schema
 from mava.__main__ import build_parser, main
 from mava.eval import gt_path
-from tests.mava_fixtures import build
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("mava_cli"))
+def split(job_output):
+    return job_output
+
+
+def _gt_frames(d: Path) -> dict[tuple[str, int], set[int]]:
+    """Annotated frames covered by the ok samples, per clip (video, masklet)."""
+    clips: dict[tuple[str, int], set[int]] = {}
+    for r in mf.ok_rows(str(d)):
+        clips.setdefault((r["video_id"], r["masklet_id"]), set()).update(r["ann_frames"])
+    return clips
 
 
 def _copy(split_dir: Path, tmp_path: Path) -> Path:
@@ -53,7 +63,11 @@ def test_stats(split, capsys, tmp_path):
     rc, out = run(capsys, "stats", d, "--plot", tmp_path / "s.png")
     assert rc == 0
     assert f"{len(rows)} planned, {len(ok)} ok, {len(rows) - len(ok)} failed" in out
-    assert f"failed EmptyMasklet: {len(rows) - len(ok)}" in out
+    errors = Counter(r["error_type"] for r in rows if r["status"] != "ok")
+    assert errors == {"EmptyMasklet": 1, "VideoMissing": 1}
+    for err, n in errors.items():
+        assert f"failed {err}: {n}" in out
+    assert f"matters: guided {len(ok)}" in out
     assert f"frames (ok samples): {sum(r['num_frames'] for r in ok)}" in out
     assert "mask_iou: mean" in out and "█" in out
     im = Image.open(tmp_path / "s.png")
@@ -66,10 +80,14 @@ def test_query(split, capsys):
                   "--keys")
     keys = out.split()
     want = sorted(r["key"] for r in mf.ok_rows(str(d)) if r["masklet_id"] == 1)
-    assert rc == 0 and keys == want and len(keys) == 9
+    # 3 videos x 2 windows of 12 over 15 annotated frames (starts 0 and 3)
+    assert rc == 0 and keys == want and len(keys) == 6 and all("_m001_" in k for k in keys)
     rc, out = run(capsys, "query", d, "select error_type, count(*) as n from manifest group by 1 order by 1")
     lines = out.strip().splitlines()
-    assert lines[0] == "error_type\tn" and "EmptyMasklet\t3" in lines
+    assert lines[0] == "error_type\tn" and "EmptyMasklet\t1" in lines and "VideoMissing\t1" in lines
+    # semi-transparent clips: the guided matte gives every clip some
+    rc, out = run(capsys, "query", d, "select key from manifest where semi_fraction > 0.01", "--keys")
+    assert rc == 0 and sorted(out.split()) == sorted(r["key"] for r in mf.ok_rows(str(d)))
 
 
 def test_verify_passes_on_pipeline_output(split, capsys):
@@ -120,21 +138,22 @@ def test_verify_catches_missing_marker_and_orphan(split, capsys, tmp_path):
 
 def test_preview_png_and_video(split, tmp_path, capsys):
     d, _ = split
-    key = mf.ok_rows(str(d))[3]["key"]
-    rc, out = run(capsys, "preview", d, key, "--out", tmp_path / "p.png", "--video", tmp_path / "p.mp4", "--tile", 120)
+    row = next(r for r in mf.ok_rows(str(d)) if r["num_frames"] == 7)
+    rc, out = run(capsys, "preview", d, row["key"], "--out", tmp_path / "p.png", "--video", tmp_path / "p.mp4",
+                  "--tile", 120)
     assert rc == 0
     im = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
-    assert im.shape[0] > 3 * 80 and im.shape[1] > 4 * 120
+    assert im.shape[0] > 2 * 3 * 70 and im.shape[1] > 6 * 120  # 7 frames: two rows of up to 6
     # checkerboard greys and the yellow input-mask outline are drawn
     assert ((im == (205, 205, 205)).all(-1)).sum() > 100 and ((im == (255, 214, 0)).all(-1)).sum() > 20
     with av.open(str(tmp_path / "p.mp4")) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 4
+        assert sum(1 for _ in c.decode(video=0)) == row["num_frames"]
     with pytest.raises(KeyError):
         main(["preview", str(d), "nope_m000_0000", "--out", str(tmp_path / "x.png")])
 
 
-def test_preview_without_frames(tmp_path, capsys):
-    d, _ = build(tmp_path, videos=1, masklets=1, frames="none")
+def test_preview_without_frames(job_output_alpha_only, tmp_path, capsys):
+    d = job_output_alpha_only
     key = mf.ok_rows(str(d))[0]["key"]
     rc, _ = run(capsys, "preview", d, key, "--out", tmp_path / "n.png", "--tile", 100)
     assert rc == 0 and Image.open(tmp_path / "n.png").size[0] > 300
@@ -146,7 +165,9 @@ def test_eval_against_gt(split, capsys, tmp_path):
                   "--no-progress")
     assert rc == 0
     rep = json.loads((tmp_path / "e.json").read_text())
-    assert rep["frames"] == 3 * 2 * 10 and len(rep["clips"]) == 6  # overlapping windows scored once
+    clips = _gt_frames(d)
+    assert len(clips) == 3 * 3 - 1  # masklet 2 of sav_000003 failed
+    assert rep["frames"] == sum(map(len, clips.values())) and len(rep["clips"]) == len(clips)  # overlaps once
     o = rep["overall"]
     assert 0 < o["matte"]["mad"] < o["mask"]["mad"] < o["down8"]["mad"]
     assert np.isfinite(o["matte"]["dtssd_boundary"]) and np.isfinite(o["matte"]["dtssd_inside"])
@@ -167,5 +188,5 @@ def test_eval_perfect_gt_scores_zero(split, capsys, tmp_path):
     from mava.eval import evaluate
 
     rep = evaluate(str(d), str(tmp_path / "gt"), baselines=())
-    assert rep.frames == 60
+    assert rep.frames == sum(map(len, _gt_frames(d).values()))
     assert all(rep.overall["matte"][k] == 0 for k in ("mad", "mse", "grad", "conn", "dtssd"))

@@ -1,15 +1,23 @@
-"""MA-V loaders: streaming (webdataset) and random access (manifest byte ranges)."""
+"""MA-V loaders: streaming (webdataset) and random access (manifest byte ranges).
 
+Most tests read the real job output (conftest `job_output`, `job_output_alpha_only`); the
+frame/alpha alignment test reads crafted shards (tests/mava_shards.py) whose frame red channel
+equals the alpha, which no matter produces.
+"""
+
+import json
 from collections import Counter
 from pathlib import Path
-import shutil
 
 import fsspec
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
+from pycocotools import mask as mask_utils
 
 from mava import manifest as mf
+from mava import schema
 from mava.loaders import ClipConfig, RandomAccessClips, StreamingClips, sam2_collate
 from mava.sample import MissingFramesError
 from tests.mava_shards import build_split
@@ -18,49 +26,49 @@ AUG = ClipConfig(clip_len=3, size=(16, 20), crop_scale=(0.4, 1.0), hflip=0.5, se
 
 
 @pytest.fixture(scope="module")
-def crafted(tmp_path_factory) -> Path:
-    # crafted content: frame red channel == alpha, so alignment is checkable pixel by pixel
-    return build_split(tmp_path_factory.mktemp("mava_loaders"), shards=4, per_shard=3, t_len=5, h=40, w=48)
+def real(job_output) -> Path:
+    return job_output[0]
 
 
 @pytest.fixture(scope="module")
-def alpha_only(tmp_path_factory) -> Path:
-    return build_split(tmp_path_factory.mktemp("mava_noframes"), shards=1, per_shard=2, with_frames=False)
+def crafted(tmp_path_factory) -> Path:
+    # crafted content: frame red channel == alpha, so alignment is checkable pixel by pixel
+    return build_split(tmp_path_factory.mktemp("mava_loaders"), shards=4, per_shard=3, t_len=5, h=40, w=48)
 
 
 def _ok_keys(d) -> set[str]:
     return {r["key"] for r in mf.ok_rows(str(d))}
 
 
-def test_streaming_each_sample_once_per_epoch_with_two_workers(crafted):
-    ds = StreamingClips(str(crafted), AUG, shuffle_buffer=3)
+def test_streaming_each_sample_once_per_epoch_with_two_workers(real):
+    ds = StreamingClips(str(real), AUG, shuffle_buffer=3)
     for epoch in (0, 1):
         ds.set_epoch(epoch)
         dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         seen = Counter(c["key"] for c in dl)
-        assert set(seen) == _ok_keys(crafted) and set(seen.values()) == {1}
+        assert set(seen) == _ok_keys(real) and set(seen.values()) == {1}
 
 
-def test_streaming_split_by_node_is_a_partition(crafted, monkeypatch):
+def test_streaming_split_by_node_is_a_partition(real, monkeypatch):
     got = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        got.append([c["key"] for c in StreamingClips(str(crafted), ClipConfig(fields=("alpha",)))])
+        got.append([c["key"] for c in StreamingClips(str(real), ClipConfig(fields=("alpha",)))])
     assert got[0] and got[1] and not set(got[0]) & set(got[1])
-    assert set(got[0]) | set(got[1]) == _ok_keys(crafted)
+    assert set(got[0]) | set(got[1]) == _ok_keys(real)
 
 
-def test_random_access_equals_streamed_for_same_key(crafted):
-    streamed = {c["key"]: c for c in StreamingClips("file://" + str(crafted), AUG, shuffle_buffer=4)}
-    ra = RandomAccessClips(str(crafted), AUG)
-    assert len(ra) == len(streamed) == 12
+def test_random_access_equals_streamed_for_same_key(real):
+    streamed = {c["key"]: c for c in StreamingClips("file://" + str(real), AUG, shuffle_buffer=4)}
+    ra = RandomAccessClips(str(real), AUG)
+    assert len(ra) == len(streamed) == len(mf.ok_rows(str(real))) == 14
     for key, s in streamed.items():
         r = ra.by_key(key)
         for f in ("frames", "alpha", "mask", "indices"):
             assert torch.equal(r[f], s[f]), (key, f)
     # every ranged read is one sample's bytes, nothing more
-    rows = {r["key"]: r for r in mf.ok_rows(str(crafted))}
+    rows = {r["key"]: r for r in mf.ok_rows(str(real))}
     assert ra.bytes_read == sum(r["tar_size"] for r in rows.values())
     # another epoch gives other random choices
     ra.set_epoch(1)
@@ -86,48 +94,58 @@ def test_transforms_keep_frame_alpha_alignment(crafted):
     assert (c["frames"][:, :1].float() / 255 - c["alpha"].roll(1, dims=-1)).abs().max() > 0.05
 
 
-def test_mask_matches_rles_without_transform(crafted):
-    ra = RandomAccessClips(str(crafted), ClipConfig())
-    c = ra[0]
-    a = c["alpha"][:, 0] > 0.5
-    assert torch.equal(c["mask"][:, 0].bool(), a.roll(1, dims=-1))
+def test_mask_matches_rles_without_transform(real):
+    # the input masks as the job stored them (RLEs in the sample json), decoded independently
+    ra = RandomAccessClips(str(real), ClipConfig())
+    urls = [str(p) for p in sorted((real / "shards").glob("*.tar"))]
+    n = 0
+    for s in wds.WebDataset(urls, shardshuffle=False):
+        meta = json.loads(s[schema.META_EXT])
+        want = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()})
+                         for r in meta["mask_rles"]]).astype(bool)
+        c = ra.by_key(s["__key__"])
+        assert torch.equal(c["mask"][:, 0].bool(), torch.from_numpy(want)), s["__key__"]
+        assert c["alpha"].shape[-2:] == (meta["height"], meta["width"])
+        n += 1
+    assert n == len(ra)
 
 
-def test_memory_filesystem(crafted):
+def test_memory_filesystem(real):
     fs = fsspec.filesystem("memory")
-    for p in Path(crafted).rglob("*"):
+    for p in Path(real).rglob("*"):
         if p.is_file():
-            fs.pipe(f"/mava_test/synth/{p.relative_to(crafted)}", p.read_bytes())
+            fs.pipe(f"/mava_test/synth/{p.relative_to(real)}", p.read_bytes())
     url = "memory://mava_test/synth"
     ram = RandomAccessClips(url, AUG)
-    local = RandomAccessClips(str(crafted), AUG)
+    local = RandomAccessClips(str(real), AUG)
     assert len(ram) == len(local)
     for i in range(len(ram)):
         assert torch.equal(ram[i]["frames"], local[i]["frames"])
     streamed = {c["key"] for c in StreamingClips(url, ClipConfig(fields=("alpha",)))}
-    assert streamed == _ok_keys(crafted)
+    assert streamed == _ok_keys(real)
 
 
-def test_query_filter(crafted):
+def test_query_filter(real):
     sql = "select key from manifest where masklet_id = 1 and status = 'ok'"
-    want = set(mf.query_keys(str(crafted), sql))
-    assert len(want) == 4
-    assert {c["key"] for c in StreamingClips(str(crafted), ClipConfig(fields=("alpha",)), query=sql)} == want
-    assert {r["key"] for r in RandomAccessClips(str(crafted), query=sql).rows} == want
+    want = set(mf.query_keys(str(real), sql))
+    assert len(want) == 6 and all("_m001_" in k for k in want)
+    assert {c["key"] for c in StreamingClips(str(real), ClipConfig(fields=("alpha",)), query=sql)} == want
+    assert {r["key"] for r in RandomAccessClips(str(real), query=sql).rows} == want
 
 
-def test_frames_none_needs_alpha_only(alpha_only):
-    ra = RandomAccessClips(str(alpha_only), ClipConfig())
+def test_frames_none_needs_alpha_only(job_output_alpha_only):
+    d = job_output_alpha_only
+    ra = RandomAccessClips(str(d), ClipConfig())
     with pytest.raises(MissingFramesError, match="no frame JPEGs"):
         ra[0]
     with pytest.raises(MissingFramesError):
-        next(iter(StreamingClips(str(alpha_only), ClipConfig())))
-    c = RandomAccessClips(str(alpha_only), ClipConfig(fields=("alpha", "mask")))[0]
-    assert "frames" not in c and c["alpha"].shape[0] == 5
+        next(iter(StreamingClips(str(d), ClipConfig())))
+    c = RandomAccessClips(str(d), ClipConfig(fields=("alpha", "mask")))[0]
+    assert "frames" not in c and c["alpha"].shape[0] == ra.rows[0]["num_frames"] and c["mask"].any()
 
 
-def test_sam2_collate(crafted):
-    ra = RandomAccessClips(str(crafted), AUG)
+def test_sam2_collate(real):
+    ra = RandomAccessClips(str(real), AUG)
     b = sam2_collate([ra[i] for i in range(3)])
     assert b.images.shape == (3, 3, 3, 16, 20) and b.images.dtype == torch.float32
     assert b.alpha.shape == (3, 3, 16, 20) and b.masks.shape == (3, 3, 16, 20) and b.masks.dtype == torch.bool
@@ -135,6 +153,6 @@ def test_sam2_collate(crafted):
     assert b.object_ids.tolist() == [ra.rows[i]["key"] and ra[i]["masklet_id"] for i in range(3)]
     assert torch.equal(b.alpha[:, 1], ra[1]["alpha"][:, 0])
     dl = torch.utils.data.DataLoader(ra, batch_size=4, num_workers=2, collate_fn=sam2_collate, shuffle=True)
-    assert sorted(k for batch in dl for k in batch.keys) == sorted(_ok_keys(crafted))
+    assert sorted(k for batch in dl for k in batch.keys) == sorted(_ok_keys(real))
     with pytest.raises(ValueError, match="ClipConfig.clip_len"):
-        sam2_collate([RandomAccessClips(str(crafted), ClipConfig(clip_len=2))[0], ra[1]])
+        sam2_collate([RandomAccessClips(str(real), ClipConfig(clip_len=2))[0], ra[1]])
