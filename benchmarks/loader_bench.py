@@ -2,6 +2,8 @@
 
     python -m benchmarks.loader_bench [--dir <out>/<split>] [--clip-len 8] [--size 256 256]
 
+Without --dir, generates the data the way users get it: ``pipeline.synth`` writes a small SA-V-style
+split, then the real job (``pipeline.run``, local Ray cluster, a CPU matter) writes MA-V shards.
 Prints clips/s of each loader, the ratio to plain webdataset iteration over the same shards (raw
 bytes, and with decode("pil") of every member), and bytes read per sample by the random-access path.
 All figures are measured in the same run, single process (num_workers=0) unless --workers is given.
@@ -41,13 +43,35 @@ def _loader(ds, workers: int, **kw):
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, **kw)
 
 
+def generate(root: Path, args: argparse.Namespace) -> str:
+    """pipeline.synth split -> pipeline.run (local Ray) -> ``root/out/sav_train``; returns that folder."""
+    import ray
+
+    from pipeline import run, synth
+
+    data = root / "data"
+    synth.main(["--out", str(data), "--videos", str(args.videos), "--frames", str(args.video_frames),
+                "--sizes", args.video_size])
+    t0 = time.perf_counter()
+    code = run.main(["--split", "sav_train", "--data-root", str(data), "--out", str(root / "out"),
+                     "--matter", args.matter, "--address", "local", "--videos-per-shard", "2",
+                     "--no-progress", "--log-level", "WARNING"])
+    ray.shutdown()  # no Ray workers left around while the loaders (and their DataLoader workers) run
+    if code != 0:
+        raise SystemExit(f"pipeline.run failed with exit code {code}")
+    print(f"generated: pipeline.run --matter {args.matter} took {time.perf_counter() - t0:.1f} s")
+    return str(root / "out" / "sav_train")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loader_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", help="an existing split folder (path or fsspec URL); default: generate one")
-    p.add_argument("--videos", type=int, default=6, help="generated split: videos (2 masklets each)")
-    p.add_argument("--height", type=int, default=270, help="generated split: frame height")
-    p.add_argument("--width", type=int, default=480, help="generated split: frame width")
+    p.add_argument("--videos", type=int, default=6, help="generated split: synthetic videos (3 objects each)")
+    p.add_argument("--video-frames", type=int, default=96, help="generated split: video frames per video (24 fps; "
+                   "one annotated frame in 4)")
+    p.add_argument("--video-size", default="480x270", help="generated split: WxH of the videos")
+    p.add_argument("--matter", default="guided", help="generated split: CPU matter of the job (guided, mask, ...)")
     p.add_argument("--clip-len", type=int, default=8, help="frames per clip")
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), help="output clip size H W")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: in process)")
@@ -57,12 +81,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tmp = None
     if args.dir is None:
-        from tests.mava_fixtures import build  # the real shard writer with a CPU matter
-
         tmp = tempfile.TemporaryDirectory(prefix="loader_bench_")
-        split_dir, _ = build(Path(tmp.name), videos=args.videos, masklets=2, h=args.height, w=args.width,
-                             ann=24, seg_len=12, videos_per_shard=2)
-        args.dir = str(split_dir)
+        args.dir = generate(Path(tmp.name), args)
     split = mf.as_split(args.dir)
     urls = [split.fs.unstrip_protocol(x) for x in split.shard_files()]
     rows = mf.ok_rows(split)
