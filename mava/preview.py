@@ -45,24 +45,34 @@ def checkerboard(h: int, w: int, cell: int = 12) -> np.ndarray:
     return out
 
 
-def panels(sample: Sample, t: int) -> list[np.ndarray]:
-    """The three RGB panels of frame position t: frame + mask outline, composite, alpha."""
-    a = sample.alpha[t].astype(np.float32) / 255.0
-    h, w = a.shape
-    fg = sample.frames[t] if sample.frames is not None else np.full((h, w, 3), 255, np.uint8)
-    base = fg.copy() if sample.frames is not None else np.repeat(sample.alpha[t][..., None], 3, -1)
-    contours, _ = cv2.findContours(sample.masks[t].astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(base, contours, -1, OUTLINE, max(1, round(max(h, w) / 240)), lineType=cv2.LINE_AA)
+def _resize(img: np.ndarray, w: int, h: int, nearest: bool = False) -> np.ndarray:
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if w < img.shape[1] else cv2.INTER_LINEAR)
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def panels(sample: Sample, t: int, long_side: int | None = None) -> list[np.ndarray]:
+    """The three RGB panels of frame position t: frame + mask outline, composite, alpha; scaled so the
+    long side is `long_side` (source size if None) before the outline and checkerboard are drawn, so
+    both stay crisp at any display size."""
+    h0, w0 = sample.alpha[t].shape
+    s = 1.0 if long_side is None else long_side / max(h0, w0)
+    w, h = max(1, round(w0 * s)), max(1, round(h0 * s))
+    a8 = _resize(sample.alpha[t], w, h)
+    a = a8.astype(np.float32) / 255.0
+    mask = _resize(sample.masks[t].astype(np.uint8), w, h, nearest=True)
+    if sample.frames is not None:
+        fg = _resize(sample.frames[t], w, h)
+        base = fg.copy()
+    else:
+        fg = np.full((h, w, 3), 255, np.uint8)
+        base = np.repeat(a8[..., None], 3, -1)
+    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(base, contours, -1, OUTLINE, max(1, round(max(h, w) / 160)), lineType=cv2.LINE_8)
     comp = (fg.astype(np.float32) * a[..., None]
-            + checkerboard(h, w, max(4, max(h, w) // 40)).astype(np.float32) * (1 - a[..., None]))
-    alpha_rgb = np.repeat(sample.alpha[t][..., None], 3, -1)
-    return [base, comp.round().astype(np.uint8), alpha_rgb]
-
-
-def _fit(img: np.ndarray, long_side: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    s = long_side / max(h, w)
-    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+            + checkerboard(h, w, max(4, max(h, w) // 24)).astype(np.float32) * (1 - a[..., None]))
+    return [base, comp.round().astype(np.uint8), np.repeat(a8[..., None], 3, -1)]
 
 
 def _font(size: int):
@@ -75,7 +85,7 @@ def _font(size: int):
 def contact_sheet(sample: Sample, tile: int = 220, per_row: int = 6, max_frames: int = 24) -> Image.Image:
     """One PNG: per frame a column of the three panels, frames in rows of `per_row`, with labels."""
     n = min(len(sample.indices), max_frames)
-    cols = [[_fit(p, tile) for p in panels(sample, t)] for t in range(n)]
+    cols = [panels(sample, t, tile) for t in range(n)]
     ph, pw = cols[0][0].shape[:2]
     gap, label_w, head, cap = 6, 160, 44, 18
     rows = (n + per_row - 1) // per_row
@@ -100,7 +110,8 @@ def contact_sheet(sample: Sample, tile: int = 220, per_row: int = 6, max_frames:
                 break
             x0 = label_w + c * (pw + gap)
             ann = m.get("ann_frames", [None] * (t + 1))[sample.indices[t]]
-            draw.text((x0, y0 + 1), f"#{sample.indices[t]}  ann {ann}", fill=TEXT, font=small)
+            hidden = "" if sample.masks[t].any() else "  (mask empty)"
+            draw.text((x0, y0 + 1), f"#{sample.indices[t]}  ann {ann}{hidden}", fill=TEXT, font=small)
             for j, p in enumerate(cols[t]):
                 sheet.paste(Image.fromarray(p), (x0, y0 + cap + j * (ph + gap)))
     return sheet
@@ -112,7 +123,7 @@ def write_video(sample: Sample, path: str, fps: float = 6.0, tile: int = 320) ->
 
     frames = []
     for t in range(len(sample.indices)):
-        row = np.concatenate([_fit(p, tile) for p in panels(sample, t)], axis=1)
+        row = np.concatenate(panels(sample, t, tile), axis=1)
         h, w = row.shape[:2]
         frames.append(np.ascontiguousarray(row[: h - h % 2, : w - w % 2]))
     with av.open(path, "w") as out:
