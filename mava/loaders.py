@@ -104,12 +104,13 @@ def transform(t: dict[str, torch.Tensor], cfg: ClipConfig, rng: np.random.Genera
         if cfg.size is not None and (ch, cw) != tuple(cfg.size):
             if name == "mask":
                 x = F.interpolate(x, size=cfg.size, mode="nearest")
+            elif x.dtype == torch.uint8:
+                # torch's uint8 antialiased bilinear: ~10x faster than going through float, rounds
+                # and saturates itself (within 1 level of the float path)
+                x = F.interpolate(x, size=cfg.size, mode="bilinear", align_corners=False, antialias=True)
             else:
-                dtype = x.dtype
-                x = F.interpolate(x.float(), size=cfg.size, mode="bilinear", align_corners=False,
-                                  antialias=True)
-                # antialiased bilinear can overshoot: clamp back into the value range
-                x = x.round().clamp(0, 255).to(torch.uint8) if dtype == torch.uint8 else x.clamp(0.0, 1.0)
+                x = F.interpolate(x, size=cfg.size, mode="bilinear", align_corners=False, antialias=True)
+                x = x.clamp(0.0, 1.0)  # antialiased bilinear can overshoot
         if flip:
             x = x.flip(-1)
         out[name] = x.contiguous()
@@ -125,11 +126,15 @@ def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int =
     t: dict[str, torch.Tensor] = {}
     if s.frames is not None:
         t["frames"] = torch.from_numpy(s.frames).permute(0, 3, 1, 2)
-    if s.alpha is not None:
-        t["alpha"] = torch.from_numpy(s.alpha)[:, None].float() / 255.0
+    if s.alpha is not None:  # 8-bit through the transform (as stored), float in [0,1] after
+        t["alpha"] = torch.from_numpy(s.alpha)[:, None]
     if s.masks is not None:
-        t["mask"] = torch.from_numpy(s.masks)[:, None].float()
+        t["mask"] = torch.from_numpy(s.masks)[:, None].to(torch.uint8)
     t = transform(t, cfg, rng)
+    if "alpha" in t:
+        t["alpha"] = t["alpha"].float() / 255.0
+    if "mask" in t:
+        t["mask"] = t["mask"].float()
     if "frames" in t and cfg.float_frames:
         t["frames"] = t["frames"].float() / 255.0
     return {"key": key, "video_id": s.meta["video_id"], "masklet_id": int(s.meta["masklet_id"]),
