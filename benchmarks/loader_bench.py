@@ -6,7 +6,8 @@ Without --dir, generates the data the way users get it: ``pipeline.synth`` write
 split, then the real job (``pipeline.run``, local Ray cluster, a CPU matter) writes MA-V shards.
 Prints clips/s of each loader, the ratio to plain webdataset iteration over the same shards (raw
 bytes, and with decode("pil") of every member), and bytes read per sample by the random-access path.
-All figures are measured in the same run, single process (num_workers=0) unless --workers is given.
+All figures are measured in the same run, single process (num_workers=0) unless --workers is given,
+with --torch-threads intra-op threads (default 1, as in a DataLoader worker).
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), help="output clip size H W")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: in process)")
     p.add_argument("--repeats", type=int, default=2, help="passes over the split per measurement (best kept)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads in this process (DataLoader workers always use 1); more threads "
+                        "on a busy machine make the small per-clip tensor ops several times slower")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.WARNING)
 
     tmp = None
