@@ -101,9 +101,10 @@ def register_matter(name: str, target: str) -> None:
 
 
 def matter_factory(name: str) -> Callable[[MatterConfig], Matter]:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown matter {name!r}; choose one of {available_matters()}")
-    module, attr = _REGISTRY[name].split(":")
+    """The factory registered under ``name``; ``"package.module:Factory"`` names a custom matter."""
+    if name not in _REGISTRY and ":" not in name:
+        raise KeyError(f"unknown matter {name!r}; choose one of {available_matters()} or 'module:Factory'")
+    module, attr = _REGISTRY.get(name, name).split(":")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -1,0 +1,120 @@
+"""``python -m mava``: inspect, query, verify, preview and evaluate an MA-V split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from mava import degrade
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mava", description="Work with an MA-V split folder "
+                                "(<out>/<split>, a local path or an fsspec URL).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--log-level", default="WARNING", help="logging level")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    s = sub.add_parser("stats", help="counts, failures, frames, bytes, quality histograms", formatter_class=fmt)
+    s.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    s.add_argument("--plot", metavar="FILE.png", help="also write histograms of the quality columns to this PNG")
+    s.add_argument("--json", action="store_true", help="print the counts as JSON instead of text")
+
+    q = sub.add_parser("query", help="SQL over the manifest (duckdb; table name: manifest)", formatter_class=fmt)
+    q.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    q.add_argument("sql", help="e.g. \"select key from manifest where semi_fraction > 0.1\"")
+    q.add_argument("--keys", action="store_true", help="print only the key column, one key per line")
+    q.add_argument("--limit", type=int, default=None, help="print at most this many rows")
+
+    v = sub.add_parser("verify", help="check markers, manifests, shards and samples agree; exit 1 on problems",
+                       formatter_class=fmt)
+    v.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    v.add_argument("--full", action="store_true", help="also fully decode every frame JPEG (PNGs always are)")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pv = sub.add_parser("preview", help="contact sheet PNG (and MP4) of one sample", formatter_class=fmt)
+    pv.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    pv.add_argument("key", help="sample key, e.g. sav_000001_m003_0012")
+    pv.add_argument("--out", required=True, metavar="FILE.png", help="where to write the contact sheet")
+    pv.add_argument("--video", metavar="FILE.mp4", help="also write an H.264 MP4 of the panels")
+    pv.add_argument("--tile", type=int, default=220, help="long side of each panel in pixels")
+
+    e = sub.add_parser("eval", help="score mattes against ground-truth alpha PNGs", formatter_class=fmt)
+    e.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    e.add_argument("--gt", required=True, metavar="GT_DIR",
+                   help="ground truth: <GT_DIR>/<video_id>/<masklet_id:03d>/<ann_frame:05d>.png "
+                        "(e.g. the synthetic split's gt_alpha/)")
+    e.add_argument("--baselines", default="mask",
+                   help="comma list of input-mask baselines to score too: 'mask' and/or degradations "
+                        f"({', '.join(degrade.DEGRADATIONS)}); '' for none")
+    e.add_argument("--band-radius", type=int, default=10, help="transition band: trimap unknown width (px)")
+    e.add_argument("--overall-only", action="store_true", help="print only the overall rows")
+    e.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "stats":
+        from mava import stats
+
+        s = stats.compute(args.dir)
+        if args.json:
+            d = {k: v for k, v in s.__dict__.items() if k != "quality"}
+            print(json.dumps(d, indent=1))
+        else:
+            print(stats.render(s))
+        if args.plot:
+            stats.plot(s, args.plot)
+        return 0
+    if args.cmd == "query":
+        from mava import manifest
+
+        res = manifest.query(args.dir, args.sql)
+        rows = res.rows[: args.limit] if args.limit is not None else res.rows
+        if args.keys:
+            if "key" not in res.columns:
+                print("error: --keys needs a query that selects the key column", file=sys.stderr)
+                return 2
+            i = res.columns.index("key")
+            print("\n".join(str(r[i]) for r in rows))
+        else:
+            print("\t".join(res.columns))
+            for r in rows:
+                print("\t".join("" if x is None else str(x) for x in r))
+        return 0
+    if args.cmd == "verify":
+        from mava import verify
+
+        rep = verify.verify(args.dir, full=args.full, progress=not args.no_progress)
+        print(rep.summary())
+        return 0 if rep.passed else 1
+    if args.cmd == "preview":
+        from mava import preview
+
+        preview.preview(args.dir, args.key, args.out, video=args.video, tile=args.tile)
+        print(args.out + (f" {args.video}" if args.video else ""))
+        return 0
+    if args.cmd == "eval":
+        from mava import eval as ev
+
+        baselines = tuple(b for b in args.baselines.split(",") if b)
+        bad = [b for b in baselines if b != "mask" and b not in degrade.DEGRADATIONS]
+        if bad:
+            print(f"error: unknown baselines {bad}", file=sys.stderr)
+            return 2
+        rep = ev.evaluate(args.dir, args.gt, baselines, args.band_radius, progress=not args.no_progress)
+        print(ev.render(rep, per_clip=not args.overall_only))
+        if args.json:
+            ev.write_json(rep, args.json)
+        return 0 if rep.frames else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

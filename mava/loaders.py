@@ -1,0 +1,339 @@
+"""Training loaders for MA-V: a streaming WebDataset pipeline and a random-access map-style Dataset.
+
+Both yield the same clip dict for the same key and epoch (the random choices are seeded by
+(seed, epoch, key)), so they are interchangeable:
+
+    {"key": str, "video_id": str, "masklet_id": int, "indices": LongTensor[N] (positions in the sample),
+     "frames": uint8 or float Tensor[N,3,H,W], "alpha": float Tensor[N,1,H,W] in [0,1],
+     "mask": float Tensor[N,1,H,W] in {0,1}}
+
+``sam2_collate`` turns a list of clips into SAM-2-style batches (time first).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from webdataset import tariterators
+
+from mava import manifest as mf
+from mava.sample import (
+    SampleFormatError, decode_sample, member_map, parse_member_bytes, read_meta, read_sample_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("frames", "alpha", "mask")
+
+
+@dataclass
+class ClipConfig:
+    """How a clip is cut from a sample and transformed.
+
+    clip_len: frames per clip (None: all frames of the sample). A random contiguous window when
+        the sample is longer; when it is shorter, positions are repeated (evenly spread).
+    size: output (H, W); None keeps the source resolution (then batches need equal-sized sources).
+    crop_scale: range of the crop's area fraction; the crop has the aspect of `size` and a random
+        position, then is resized to `size`. (1, 1) with a matching aspect = plain resize.
+    hflip: probability of a horizontal flip.
+    fields: which of frames/alpha/mask to decode (alpha only works on ``--frames none`` shards).
+    float_frames: frames as float in [0,1] instead of uint8.
+    seed: base seed; the clip of a key in an epoch depends only on (seed, epoch, key).
+    """
+
+    clip_len: int | None = None
+    size: tuple[int, int] | None = None
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    hflip: float = 0.0
+    fields: tuple[str, ...] = FIELDS
+    float_frames: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        bad = set(self.fields) - set(FIELDS)
+        if bad or not self.fields:
+            raise ValueError(f"fields must be a non-empty subset of {FIELDS}, got {self.fields}")
+
+
+def clip_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def choose_indices(n: int, clip_len: int | None, rng: np.random.Generator) -> list[int]:
+    if clip_len is None or clip_len == n:
+        return list(range(n))
+    if clip_len < n:
+        s = int(rng.integers(0, n - clip_len + 1))
+        return list(range(s, s + clip_len))
+    return [int(round(x)) for x in np.linspace(0, n - 1, clip_len)]
+
+
+def crop_box(h: int, w: int, cfg: ClipConfig, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(y0, x0, ch, cw) of the crop in source pixels."""
+    if cfg.size is None and cfg.crop_scale == (1.0, 1.0):
+        return 0, 0, h, w
+    th, tw = cfg.size if cfg.size is not None else (h, w)
+    aspect = tw / th
+    frac = float(rng.uniform(*cfg.crop_scale))
+    # largest box of the target aspect inside the source, scaled by sqrt(area fraction)
+    bh = min(h, w / aspect)
+    ch = max(1, int(round(bh * np.sqrt(frac))))
+    cw = max(1, min(w, int(round(ch * aspect))))
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    return y0, x0, ch, cw
+
+
+def transform(t: dict[str, torch.Tensor], cfg: ClipConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Crop, resize and flip frames/alpha/mask ([N,C,H,W] each) with the same random box."""
+    any_t = next(iter(t.values()))
+    h, w = any_t.shape[-2:]
+    y0, x0, ch, cw = crop_box(h, w, cfg, rng)
+    flip = bool(rng.random() < cfg.hflip)
+    out = {}
+    for name, x in t.items():
+        x = x[..., y0:y0 + ch, x0:x0 + cw]
+        if cfg.size is not None and (ch, cw) != tuple(cfg.size):
+            if name == "mask":
+                x = F.interpolate(x, size=cfg.size, mode="nearest")
+            else:
+                dtype = x.dtype
+                x = F.interpolate(x.float(), size=cfg.size, mode="bilinear", align_corners=False,
+                                  antialias=True)
+                # antialiased bilinear can overshoot: clamp back into the value range
+                x = x.round().clamp(0, 255).to(torch.uint8) if dtype == torch.uint8 else x.clamp(0.0, 1.0)
+        if flip:
+            x = x.flip(-1)
+        out[name] = x.contiguous()
+    return out
+
+
+def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int = 0) -> dict:
+    """Decode and transform one sample (members ext -> bytes) into a clip dict."""
+    rng = clip_rng(cfg.seed, epoch, key)
+    n = int(read_meta(ext_map)["num_frames"])
+    idx = choose_indices(n, cfg.clip_len, rng)
+    s = decode_sample(key, ext_map, idx, cfg.fields)
+    t: dict[str, torch.Tensor] = {}
+    if s.frames is not None:
+        t["frames"] = torch.from_numpy(s.frames).permute(0, 3, 1, 2)
+    if s.alpha is not None:
+        t["alpha"] = torch.from_numpy(s.alpha)[:, None].float() / 255.0
+    if s.masks is not None:
+        t["mask"] = torch.from_numpy(s.masks)[:, None].float()
+    t = transform(t, cfg, rng)
+    if "frames" in t and cfg.float_frames:
+        t["frames"] = t["frames"].float() / 255.0
+    return {"key": key, "video_id": s.meta["video_id"], "masklet_id": int(s.meta["masklet_id"]),
+            "indices": torch.tensor(idx, dtype=torch.long), **t}
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+
+def fsspec_opener(data: Iterator[dict], handler=wds.reraise_exception) -> Iterator[dict]:
+    """WebDataset stage: open each ``{"url": ...}`` with fsspec (any protocol), add ``stream``."""
+    import fsspec
+
+    for sample in data:
+        url = sample["url"]
+        try:
+            f = fsspec.open(url, "rb").open()
+        except OSError as exn:  # noqa: PERF203 - handler decides
+            exn.args = exn.args + (url,)
+            if handler(exn):
+                continue
+            break
+        sample.update(stream=f)
+        try:
+            yield sample
+        finally:
+            f.close()
+
+
+class StreamingClips(torch.utils.data.IterableDataset):
+    """Streams clips from the shards of a split: WebDataset stages with shard shuffling (same
+    permutation on every node), ``split_by_node`` and ``split_by_worker`` over shards, an optional
+    key filter (e.g. from a manifest query), a seeded sample shuffle buffer, then decoding.
+
+    Call ``set_epoch(e)`` before each epoch to change the shuffles (DataLoader workers re-pickle
+    the dataset each epoch unless persistent).
+    """
+
+    def __init__(self, split_dir: str | mf.SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
+                 query: str | None = None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
+                 epoch: int = 0):
+        self.split = mf.as_split(split_dir)
+        self.cfg = cfg or ClipConfig()
+        if query is not None:
+            q = set(mf.query_keys(self.split, query))
+            keys = q if keys is None else keys & q
+        self.keys = keys
+        self.urls = [self.split.fs.unstrip_protocol(p) for p in self.split.shard_files()]
+        if not self.urls:
+            raise FileNotFoundError(f"no shards under {self.split.url}")
+        self.shuffle_shards = shuffle_shards
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard_list(self) -> Iterator[dict]:
+        urls = list(self.urls)
+        if self.shuffle_shards:
+            random.Random(self.cfg.seed * 1_000_003 + self.epoch).shuffle(urls)
+        for u in urls:
+            yield {"url": u}
+
+    def _filter(self, data: Iterator[dict]) -> Iterator[dict]:
+        for s in data:
+            if self.keys is None or s["__key__"] in self.keys:
+                yield s
+
+    def _shuffle(self, data: Iterator[dict]) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from data
+            return
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rng = random.Random(hash((self.cfg.seed, self.epoch, rank, worker)))
+        buf: list[dict] = []
+        for s in data:
+            buf.append(s)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    def _decode(self, data: Iterator[dict]) -> Iterator[dict]:
+        for s in data:
+            key = s["__key__"]
+            ext_map = {k: v for k, v in s.items() if not k.startswith("__")}
+            yield make_clip(key, ext_map, self.cfg, self.epoch)
+
+    def pipeline(self) -> wds.DataPipeline:
+        return wds.DataPipeline(
+            self._shard_list,
+            wds.split_by_node,
+            wds.split_by_worker,
+            fsspec_opener,
+            tariterators.tar_file_expander,
+            tariterators.group_by_keys,
+            self._filter,
+            self._shuffle,
+            self._decode,
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.pipeline())
+
+
+# --- random access --------------------------------------------------------------------------------
+
+
+class RandomAccessClips(torch.utils.data.Dataset):
+    """Map-style dataset: item i = one ok manifest row, read with one ranged read at
+    (tar_offset, tar_size) of its shard through fsspec; no scan of the tar.
+
+    ``bytes_read`` counts bytes fetched by this process (per worker under a DataLoader).
+    """
+
+    def __init__(self, split_dir: str | mf.SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
+                 query: str | None = None, epoch: int = 0):
+        self.split = mf.as_split(split_dir)
+        self.cfg = cfg or ClipConfig()
+        if query is not None:
+            q = set(mf.query_keys(self.split, query))
+            keys = q if keys is None else keys & q
+        self.rows = [{k: r[k] for k in ("key", "shard", "tar_offset", "tar_size", "num_frames")}
+                     for r in mf.ok_rows(self.split, keys)]
+        self.index = {r["key"]: i for i, r in enumerate(self.rows)}
+        self.epoch = epoch
+        self.bytes_read = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def raw(self, i: int) -> dict[str, bytes]:
+        """Members (ext -> bytes) of item i."""
+        r = self.rows[i]
+        if r["tar_offset"] is None or r["tar_size"] is None:
+            raise SampleFormatError(f"{r['key']}: manifest row has no byte range")
+        buf = read_sample_bytes(self.split.fs, self.split.shard_path(r["shard"]), r["tar_offset"], r["tar_size"])
+        self.bytes_read += len(buf)
+        return member_map(parse_member_bytes(buf), r["key"])
+
+    def __getitem__(self, i: int) -> dict:
+        return make_clip(self.rows[i]["key"], self.raw(i), self.cfg, self.epoch)
+
+    def by_key(self, key: str) -> dict:
+        return self[self.index[key]]
+
+
+# --- SAM-2-style batches --------------------------------------------------------------------------
+
+
+@dataclass
+class Sam2Batch:
+    """Time-first batch as SAM 2's training stack expects; one object per clip (O == B here).
+
+    images: float[T,B,3,H,W] in [0,1]; alpha: float[T,O,H,W]; masks: bool[T,O,H,W] (input masks);
+    obj_to_frame_idx: int[T,O,2] = (frame t, batch b) of each object; object_ids: int[O] masklet ids;
+    keys / video_ids: per clip.
+    """
+
+    images: torch.Tensor | None
+    alpha: torch.Tensor | None
+    masks: torch.Tensor | None
+    obj_to_frame_idx: torch.Tensor
+    object_ids: torch.Tensor
+    keys: list[str] = field(default_factory=list)
+    video_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.obj_to_frame_idx.shape[0])
+
+
+def sam2_collate(items: list[dict]) -> Sam2Batch:
+    """Stack clips of equal length and size into a :class:`Sam2Batch`."""
+    if not items:
+        raise ValueError("empty batch")
+    lens = {len(it["indices"]) for it in items}
+    if len(lens) != 1:
+        raise ValueError(f"clips of different lengths {sorted(lens)}: set ClipConfig.clip_len")
+
+    def stack(name: str) -> torch.Tensor | None:
+        if name not in items[0]:
+            return None
+        shapes = {tuple(it[name].shape) for it in items}
+        if len(shapes) != 1:
+            raise ValueError(f"{name} of different shapes {sorted(shapes)}: set ClipConfig.size")
+        return torch.stack([it[name] for it in items], dim=1)  # [T,B,C,H,W]
+
+    frames = stack("frames")
+    if frames is not None and frames.dtype == torch.uint8:
+        frames = frames.float() / 255.0
+    alpha, mask = stack("alpha"), stack("mask")
+    t, b = len(items[0]["indices"]), len(items)
+    o2f = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(b), indexing="ij"), dim=-1).int()
+    return Sam2Batch(
+        images=frames,
+        alpha=alpha[:, :, 0] if alpha is not None else None,
+        masks=mask[:, :, 0].bool() if mask is not None else None,
+        obj_to_frame_idx=o2f,
+        object_ids=torch.tensor([it["masklet_id"] for it in items], dtype=torch.long),
+        keys=[it["key"] for it in items],
+        video_ids=[it["video_id"] for it in items],
+    )

@@ -1,0 +1,135 @@
+"""Preview one MA-V sample: a contact sheet PNG (and optionally an MP4) people can look at."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from mava import schema
+from mava.manifest import SplitDir, as_split
+from mava.sample import Sample, decode_sample, member_map, parse_member_bytes, read_sample_bytes
+
+log = logging.getLogger(__name__)
+
+OUTLINE = (255, 214, 0)        # input-mask outline
+BG = (24, 26, 30)
+TEXT = (235, 235, 235)
+ROW_LABELS = ("frame + input mask", "matte composite", "alpha")
+
+
+def load_sample(split_dir: str | SplitDir, key: str) -> Sample:
+    """Read one sample by key through its manifest byte range (frames when present)."""
+    split = as_split(split_dir)
+    con = split.connect()
+    rows = con.execute("select shard, tar_offset, tar_size, status, error from manifest where key = ?",
+                       [key]).fetchall()
+    if not rows:
+        raise KeyError(f"no manifest row for key {key!r}")
+    shard, off, size, status, error = rows[0]
+    if status != schema.STATUS_OK:
+        raise ValueError(f"sample {key} failed: {error}")
+    members = member_map(parse_member_bytes(read_sample_bytes(split.fs, split.shard_path(shard), off, size)), key)
+    fields = ("frames", "alpha", "mask") if schema.frame_ext(0) in members else ("alpha", "mask")
+    return decode_sample(key, members, None, fields)
+
+
+def checkerboard(h: int, w: int, cell: int = 12) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    light = ((yy // cell + xx // cell) % 2).astype(bool)
+    out = np.empty((h, w, 3), np.uint8)
+    out[light] = (205, 205, 205)
+    out[~light] = (150, 150, 150)
+    return out
+
+
+def panels(sample: Sample, t: int) -> list[np.ndarray]:
+    """The three RGB panels of frame position t: frame + mask outline, composite, alpha."""
+    a = sample.alpha[t].astype(np.float32) / 255.0
+    h, w = a.shape
+    fg = sample.frames[t] if sample.frames is not None else np.full((h, w, 3), 255, np.uint8)
+    base = fg.copy() if sample.frames is not None else np.repeat(sample.alpha[t][..., None], 3, -1)
+    contours, _ = cv2.findContours(sample.masks[t].astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(base, contours, -1, OUTLINE, max(1, round(max(h, w) / 240)), lineType=cv2.LINE_AA)
+    comp = (fg.astype(np.float32) * a[..., None]
+            + checkerboard(h, w, max(4, max(h, w) // 40)).astype(np.float32) * (1 - a[..., None]))
+    alpha_rgb = np.repeat(sample.alpha[t][..., None], 3, -1)
+    return [base, comp.round().astype(np.uint8), alpha_rgb]
+
+
+def _fit(img: np.ndarray, long_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = long_side / max(h, w)
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without scalable default font
+        return ImageFont.load_default()
+
+
+def contact_sheet(sample: Sample, tile: int = 220, per_row: int = 6, max_frames: int = 24) -> Image.Image:
+    """One PNG: per frame a column of the three panels, frames in rows of `per_row`, with labels."""
+    n = min(len(sample.indices), max_frames)
+    cols = [[_fit(p, tile) for p in panels(sample, t)] for t in range(n)]
+    ph, pw = cols[0][0].shape[:2]
+    gap, label_w, head, cap = 6, 160, 44, 18
+    rows = (n + per_row - 1) // per_row
+    per = min(n, per_row)
+    block_h = cap + 3 * ph + 2 * gap
+    W = label_w + per * (pw + gap) + gap
+    H = head + rows * (block_h + 2 * gap) + gap
+    sheet = Image.new("RGB", (W, H), BG)
+    draw = ImageDraw.Draw(sheet)
+    m = sample.meta
+    title = (f"{sample.key}   matter={m.get('matter')}   {m.get('width')}x{m.get('height')}   "
+             f"{len(sample.indices)} frames" + ("" if sample.frames is not None else "   (no frames: white)"))
+    draw.text((gap + 4, 12), title, fill=TEXT, font=_font(18))
+    small = _font(13)
+    for r in range(rows):
+        y0 = head + r * (block_h + 2 * gap)
+        for j, lab in enumerate(ROW_LABELS):
+            draw.text((gap + 4, y0 + cap + j * (ph + gap) + ph // 2 - 8), lab, fill=TEXT, font=small)
+        for c in range(per):
+            t = r * per_row + c
+            if t >= n:
+                break
+            x0 = label_w + c * (pw + gap)
+            ann = m.get("ann_frames", [None] * (t + 1))[sample.indices[t]]
+            draw.text((x0, y0 + 1), f"#{sample.indices[t]}  ann {ann}", fill=TEXT, font=small)
+            for j, p in enumerate(cols[t]):
+                sheet.paste(Image.fromarray(p), (x0, y0 + cap + j * (ph + gap)))
+    return sheet
+
+
+def write_video(sample: Sample, path: str, fps: float = 6.0, tile: int = 320) -> None:
+    """An MP4 (H.264 via PyAV) with the three panels side by side per frame."""
+    import av
+
+    frames = []
+    for t in range(len(sample.indices)):
+        row = np.concatenate([_fit(p, tile) for p in panels(sample, t)], axis=1)
+        h, w = row.shape[:2]
+        frames.append(np.ascontiguousarray(row[: h - h % 2, : w - w % 2]))
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=int(round(fps)))
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def preview(split_dir: str | SplitDir, key: str, out_png: str, video: str | None = None, tile: int = 220) -> Sample:
+    """Write the contact sheet of `key` to `out_png` (and an MP4 to `video`)."""
+    sample = load_sample(split_dir, key)
+    contact_sheet(sample, tile=tile).save(out_png)
+    if video:
+        write_video(sample, video)
+    return sample

@@ -1,0 +1,113 @@
+"""Summary statistics of an MA-V split: counts, failures, frames, bytes, quality histograms."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mava import schema
+from mava.manifest import SplitDir, as_split
+
+QUALITY_COLUMNS = ("mean_alpha", "semi_fraction", "mask_iou")
+BINS = np.linspace(0.0, 1.0, 11)
+
+
+@dataclass
+class SplitStats:
+    split: str
+    shards: int
+    samples: int
+    ok: int
+    failed: int
+    failures: dict[str, int]
+    videos: int
+    frames: int
+    tar_bytes: int          # sum of shard file sizes
+    sample_bytes: int       # sum of manifest tar_size of ok rows
+    matters: dict[str, int]
+    sources: dict[str, int]
+    quality: dict[str, np.ndarray] = field(default_factory=dict)  # column -> values of ok rows
+
+
+def compute(split_dir: str | SplitDir) -> SplitStats:
+    split = as_split(split_dir)
+    t = split.read_manifest().to_pydict()
+    status = t["status"]
+    ok = [i for i, s in enumerate(status) if s == schema.STATUS_OK]
+    failed = [i for i, s in enumerate(status) if s != schema.STATUS_OK]
+    tar_bytes = sum(int(split.fs.size(p)) for p in split.shard_files())
+    quality = {c: np.array([t[c][i] for i in ok if t[c][i] is not None], dtype=np.float64) for c in QUALITY_COLUMNS}
+    return SplitStats(
+        split=split.split, shards=len(set(t["shard"])), samples=len(status), ok=len(ok), failed=len(failed),
+        failures=dict(Counter(t["error_type"][i] or "unknown" for i in failed).most_common()),
+        videos=len(set(t["video_id"])), frames=int(sum(t["num_frames"][i] or 0 for i in ok)),
+        tar_bytes=tar_bytes, sample_bytes=int(sum(t["tar_size"][i] or 0 for i in ok)),
+        matters=dict(Counter(t["matter"][i] or "none" for i in ok).most_common()),
+        sources=dict(Counter(t["source"][i] or "none" for i in ok).most_common()),
+        quality=quality)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def text_histogram(values: np.ndarray, width: int = 40) -> list[str]:
+    """Lines ``[lo, hi)  count  bar`` over 10 bins of [0, 1]."""
+    counts, _ = np.histogram(np.clip(values, 0, 1), bins=BINS)
+    top = max(1, int(counts.max()) if len(counts) else 1)
+    lines = []
+    for lo, hi, c in zip(BINS[:-1], BINS[1:], counts):
+        bar = "█" * int(round(width * c / top))
+        lines.append(f"  [{lo:.1f}, {hi:.1f}{']' if hi == 1.0 else ')'} {int(c):6d} {bar}")
+    return lines
+
+
+def render(s: SplitStats) -> str:
+    """The text report of `python -m mava stats`."""
+    out = [f"split {s.split}: {s.shards} shards, {s.videos} videos",
+           f"samples: {s.samples} planned, {s.ok} ok, {s.failed} failed"]
+    for k, v in s.failures.items():
+        out.append(f"  failed {k}: {v}")
+    out.append(f"frames (ok samples): {s.frames}")
+    out.append(f"bytes: {_human(s.tar_bytes)} in shards, {_human(s.sample_bytes)} in ok samples"
+               + (f", {_human(s.sample_bytes / s.ok)} per sample" if s.ok else ""))
+    out.append("matters: " + ", ".join(f"{k} {v}" for k, v in s.matters.items()))
+    out.append("sources: " + ", ".join(f"{k} {v}" for k, v in s.sources.items()))
+    for c in QUALITY_COLUMNS:
+        v = s.quality.get(c, np.array([]))
+        if len(v):
+            out.append(f"{c}: mean {v.mean():.3f}, median {np.median(v):.3f}, min {v.min():.3f}, max {v.max():.3f}")
+            out += text_histogram(v)
+        else:
+            out.append(f"{c}: no values")
+    return "\n".join(out)
+
+
+def plot(s: SplitStats, path: str) -> None:
+    """Histograms of the quality columns and the failure counts, as one PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, c in zip(axes, QUALITY_COLUMNS):
+        v = s.quality.get(c, np.array([]))
+        ax.hist(np.clip(v, 0, 1), bins=BINS, color="#3b7dd8", edgecolor="white")
+        ax.set_title(f"{c} (n={len(v)})")
+        ax.set_xlim(0, 1)
+    ax = axes[-1]
+    labels = ["ok"] + list(s.failures)
+    vals = [s.ok] + list(s.failures.values())
+    ax.barh(labels, vals, color=["#2e9e5b"] + ["#d8543b"] * len(s.failures))
+    ax.set_title("samples")
+    fig.suptitle(f"MA-V {s.split}: {s.ok} ok / {s.samples} samples, {s.frames} frames")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

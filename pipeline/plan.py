@@ -1,0 +1,98 @@
+"""The shard plan: which videos go to which shard, and which shards this run must (re)do."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Sequence
+
+import fsspec
+import pyarrow.parquet as pq
+
+from mava import schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard: its index and the videos (in sorted order) it covers."""
+
+    index: int
+    videos: tuple  # VideoRef, kept opaque here
+
+
+def plan_shards(videos: Sequence, videos_per_shard: int) -> list[ShardPlan]:
+    """Consecutive groups of ``videos_per_shard`` from the sorted video list; deterministic."""
+    if videos_per_shard < 1:
+        raise ValueError("videos_per_shard must be >= 1")
+    ordered = sorted(videos, key=lambda v: v.video_id)
+    return [ShardPlan(i // videos_per_shard, tuple(ordered[i:i + videos_per_shard]))
+            for i in range(0, len(ordered), videos_per_shard)]
+
+
+def parse_shard_spec(spec: str) -> set[int]:
+    """``"3,7-9"`` -> {3, 7, 8, 9}."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"bad shard spec {part!r}: use N or N-M, comma separated") from None
+        if a < 0 or b < a:
+            raise ValueError(f"bad shard range {part!r}")
+        out.update(range(a, b + 1))
+    return out
+
+
+def shard_is_done(out_split: str, split: str, index: int) -> bool:
+    fs, root = fsspec.core.url_to_fs(out_split)
+    return fs.exists(posixpath.join(root, schema.shard_done(split, index)))
+
+
+def shard_has_failures(out_split: str, split: str, index: int) -> bool:
+    fs, root = fsspec.core.url_to_fs(out_split)
+    path = posixpath.join(root, schema.shard_manifest(split, index))
+    if not fs.exists(path):
+        return False
+    with fs.open(path, "rb") as f:
+        status = pq.read_table(f, columns=["status"]).column("status").to_pylist()
+    return any(s != schema.STATUS_OK for s in status)
+
+
+def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards: set[int] | None = None,
+                  retry_failed: bool = False) -> tuple[list[ShardPlan], list[ShardPlan]]:
+    """Split ``plans`` into (to run, skipped).
+
+    A shard with a done marker is skipped unless ``retry_failed`` is set and its manifest has failed
+    rows. ``shards`` limits the run to those shards and, without ``retry_failed``, redoes them.
+    """
+    if shards is not None:
+        unknown = sorted(shards - {p.index for p in plans})
+        if unknown:
+            raise ValueError(f"--shards names shards outside the plan (0-{len(plans) - 1}): {unknown}")
+    run, skip = [], []
+    for p in plans:
+        if shards is not None and p.index not in shards:
+            chosen = False
+        elif shards is not None and not retry_failed:
+            chosen = True  # explicitly named: redo
+        elif not shard_is_done(out_split, split, p.index):
+            chosen = True
+        else:
+            chosen = retry_failed and shard_has_failures(out_split, split, p.index)
+        (run if chosen else skip).append(p)
+    return run, skip
+
+
+def clean_partials(out_split: str) -> int:
+    """Remove temporary files left by an interrupted run; return how many."""
+    fs, root = fsspec.core.url_to_fs(out_split)
+    n = 0
+    for sub in ("shards", "manifest", "done"):
+        for path in fs.glob(posixpath.join(root, sub, f"*{schema.TMP_SUFFIX}")):
+            fs.rm(path)
+            n += 1
+    return n

@@ -1,0 +1,151 @@
+"""``python -m pipeline.run --split sav_train``: turn an SA-V split into MA-V shards on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import posixpath
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+
+from mava import schema
+from models.base import MatterConfig, available_matters
+from pipeline.job import JobConfig, JobResult, ResourceConfig, init_ray, run_job
+from pipeline.plan import parse_shard_spec
+from pipeline.reader import ReaderConfig
+
+log = logging.getLogger("pipeline.run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Matte every masklet of an SA-V split and write MA-V: WebDataset shards, a parquet "
+                    "manifest and a done marker per shard under <out>/<split>/. Reruns skip finished shards.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("input and output")
+    io.add_argument("--split", required=True, help="split folder name under --data-root, e.g. sav_train")
+    io.add_argument("--data-root", default="data", help="SA-V root: local path or fsspec URL")
+    io.add_argument("--out", default="out/mava", help="output root (path or fsspec URL); writes <out>/<split>/")
+    io.add_argument("--masklets", choices=["manual", "auto", "all"], default="manual",
+                    help="which masklets to matte")
+    io.add_argument("--segment-len", type=int, default=12, help="annotated frames per segment (max 100)")
+    io.add_argument("--frames", choices=["jpg", "none"], default="jpg",
+                    help="also store the RGB frames of each segment as JPEG (needed for training)")
+    io.add_argument("--backend", choices=["decord", "pyav"], default="decord", help="video decoder")
+    sh = p.add_argument_group("shards")
+    sh.add_argument("--videos-per-shard", type=int, default=8, help="videos per shard (fixes the shard plan)")
+    sh.add_argument("--shards", default=None, help="only these shards of the plan, e.g. '3,7-9' (redone)")
+    sh.add_argument("--retry-failed", action="store_true",
+                    help="redo finished shards whose manifest has failed rows (and unfinished ones)")
+    sh.add_argument("--limit-videos", type=int, default=None, help="use only the first N videos of the split")
+    m = p.add_argument_group("matter")
+    m.add_argument("--matter", default="videomama",
+                   help=f"matter name ({', '.join(available_matters())}) or 'module:Factory'")
+    m.add_argument("--checkpoint", default=None, help="VideoMaMa checkpoint folder (holds unet/)")
+    m.add_argument("--base-model", default=None, help="Stable Video Diffusion base folder (holds vae/)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    m.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="model dtype; auto = bf16 on GPU, fp32 on CPU")
+    m.add_argument("--long-side", type=int, default=1024, help="model resolution: long side in pixels (x64)")
+    m.add_argument("--batch-size", type=int, default=1, help="segments per forward pass")
+    m.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same mattes)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
+    r = p.add_argument_group("cluster")
+    r.add_argument("--address", default=None,
+                   help="Ray address; default: the cluster of `ray job submit`/RAY_ADDRESS, else a new local one")
+    r.add_argument("--num-actors", type=int, default=None,
+                   help="matter actors; default one per GPU, else --cpu-actors")
+    r.add_argument("--cpu-actors", type=int, default=1, help="matter actors when the cluster has no GPU")
+    r.add_argument("--num-gpus", type=int, default=None, help="local cluster only: GPUs to declare")
+    r.add_argument("--num-cpus", type=int, default=None, help="local cluster only: CPUs to declare")
+    r.add_argument("--read-ahead", type=int, default=2, help="videos being read at once per actor")
+    r.add_argument("--queue-depth", type=int, default=2, help="batches queued per actor")
+    r.add_argument("--max-restarts", type=int, default=3, help="restarts of a crashed actor (and retries)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    if not 1 <= args.segment_len <= schema.MAX_SEGMENT_LEN:
+        raise SystemExit(f"--segment-len must be in 1..{schema.MAX_SEGMENT_LEN}")
+    matter = MatterConfig(checkpoint=args.checkpoint, base_model=args.base_model, device=args.device,
+                          dtype=args.dtype, seed=args.seed, long_side=args.long_side,
+                          segment_len=args.segment_len, batch_size=args.batch_size, compile=args.compile)
+    resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
+                               num_gpus=args.num_gpus, num_cpus=args.num_cpus, read_ahead=args.read_ahead,
+                               queue_depth=args.queue_depth, max_restarts=args.max_restarts)
+    return JobConfig(
+        split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,
+        reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, backend=args.backend),
+        resources=resources, videos_per_shard=args.videos_per_shard,
+        shards=parse_shard_spec(args.shards) if args.shards else None, retry_failed=args.retry_failed,
+        limit_videos=args.limit_videos, frames=args.frames, progress=not args.no_progress)
+
+
+def code_version() -> str:
+    """The git commit of this code (with '-dirty'), else 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha or "unknown"
+
+
+def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
+    """Write ``<out>/<split>/run.json`` (this run first, earlier runs kept under 'history')."""
+    fs, root = fsspec.core.url_to_fs(cfg.out_split)
+    path = posixpath.join(root, schema.RUN_JSON)
+    history = []
+    if fs.exists(path):
+        with fs.open(path, "r") as f:
+            old = json.load(f)
+        history = old.pop("history", []) + [old]
+    matter = result.actors[0]["info"]["matter"] if result.actors else {"name": cfg.matter}
+    conf = dataclasses.asdict(cfg)
+    conf["shards"] = sorted(cfg.shards) if cfg.shards else None
+    doc = {
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(), "config": conf, "matter": matter,
+        "checkpoint_sha256": matter.get("checkpoint_sha256"), "num_shards": num_shards,
+        "summary": result.summary(), "actors": result.actors, "history": history[-20:],
+    }
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(args)
+    init_ray(cfg.resources)
+    try:
+        result, plans = run_job(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    path = write_run_json(cfg, result, len(plans))
+    s = result.summary()
+    print(f"shards: {s['shards_done']} done, {s['shards_skipped']} skipped, {len(s['shards_failed'])} failed "
+          f"(of {len(plans)}); samples: {s['samples_ok']} ok, {sum(s['samples_failed'].values())} failed "
+          f"{s['samples_failed'] or ''}")
+    print(f"frames: {s['frames']} in {s['wall_s']} s ({s['frames_per_s']} frames/s); "
+          f"actor utilisation {s['actor_utilisation']}; output {cfg.out_split}; run record {path}")
+    for index, reason in sorted(result.shards_failed.items()):
+        print(f"shard {index} FAILED: {reason}", file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Matters used by the job tests (importable as ``tests.matters_for_tests:Name`` inside Ray workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.base import MatterBase, MatterConfig
+
+
+class SlowMaskMatter(MatterBase):
+    """alpha = mask, after a short sleep (gives a test time to kill the job mid-run)."""
+
+    name = "slow-mask"
+
+    def __init__(self, config: MatterConfig):
+        self.delay = float(os.environ.get("MAVA_TEST_DELAY", "0.3"))
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay)
+        return masks.astype(np.float32)
+
+
+class DieOnceMatter(MatterBase):
+    """alpha = mask, but the process dies (hard) on its first segment, once per marker file."""
+
+    name = "die-once"
+
+    def __init__(self, config: MatterConfig):
+        self.marker = Path(os.environ["MAVA_TEST_DIE_MARKER"])
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return masks.astype(np.float32)
+
+
+class FailOnKeyMatter(MatterBase):
+    """alpha = mask, but raises on segments whose first mask pixel count is odd (a matter exception)."""
+
+    name = "fail-some"
+
+    def __init__(self, config: MatterConfig):
+        pass
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        if int(masks[0].sum()) % 2:
+            raise RuntimeError("injected matter failure")
+        return masks.astype(np.float32)

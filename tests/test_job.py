@@ -1,0 +1,207 @@
+"""The Ray job end to end, on a real local Ray cluster, over generated SA-V splits."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from mava import schema
+from pipeline.reader import ReaderConfig, list_videos, plan_video
+from pipeline.errors import SampleError
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = "sav_train"
+
+
+def run_cli(data_root: Path, out: Path, *extra: str, env: dict | None = None, timeout: float = 240):
+    """``python -m pipeline.run`` in a subprocess with its own local Ray cluster."""
+    cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(data_root),
+           "--out", str(out), "--address", "local", "--num-cpus", "2", "--no-progress",
+           "--videos-per-shard", "1", *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def planned_keys(split_dir: Path, masklets: str = "manual") -> set[str]:
+    """Every sample key the reader plans for the split, failures included (independent of the job)."""
+    keys = set()
+    for ref in list_videos(str(split_dir)):
+        try:
+            plan = plan_video(ref, ReaderConfig(masklets=masklets))
+        except SampleError:
+            keys.add(schema.video_failure_key(ref.video_id))
+            continue
+        keys |= {s.key for s in plan.segments} | {f.key for f in plan.failures}
+    return keys
+
+
+def manifest(out_split: Path) -> list[dict]:
+    return duckdb.sql(f"select * from '{out_split}/{schema.MANIFEST_GLOB}' order by key").df().to_dict("records")
+
+
+def tree_bytes(out_split: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out_split)): p.read_bytes() for p in sorted(out_split.rglob("*"))
+            if p.is_file() and p.name != schema.RUN_JSON}
+
+
+@pytest.fixture(scope="module")
+def mask_run(synth_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mask_run")
+    res = run_cli(synth_split.parent, out, "--matter", "mask")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / SPLIT, res
+
+
+def test_every_planned_key_once(synth_split, mask_run):
+    out_split, res = mask_run
+    rows = manifest(out_split)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == planned_keys(synth_split)
+    ok = {r["key"] for r in rows if r["status"] == "ok"}
+    assert ok, "no sample succeeded"
+    seen = []
+    for s in wds.WebDataset(f"{out_split}/shards/{SPLIT}-{{000000..{len(list_videos(str(synth_split))) - 1:06d}}}.tar",
+                            shardshuffle=False):
+        seen.append(s["__key__"])
+        meta = json.loads(s[schema.META_EXT])
+        assert len([k for k in s if k.startswith("alpha.")]) == meta["num_frames"]
+        assert len([k for k in s if k.startswith("frame.")]) == meta["num_frames"]
+    assert sorted(seen) == sorted(ok)
+    n_failed = duckdb.sql(f"select count(*) from '{out_split}/{schema.MANIFEST_GLOB}' where status='failed'").fetchall()
+    assert n_failed[0][0] == len(rows) - len(ok)
+    run = json.loads((out_split / schema.RUN_JSON).read_text())
+    assert run["summary"]["samples_ok"] == len(ok) and run["matter"]["name"] == "mask"
+    assert "samples" in res.stdout and "frames" in res.stdout
+
+
+def test_mask_matter_alpha_equals_input_mask_of_its_frame(synth_split, mask_run):
+    """Proves frame alignment end to end: alpha PNG i == SA-V mask of annotated frame start+i."""
+    out_split, _ = mask_run
+    annotations = {p.name[:-len("_manual.json")]: json.loads(p.read_text())
+                   for p in synth_split.rglob("*_manual.json")}
+    checked = 0
+    for s in wds.WebDataset(sorted(str(p) for p in (out_split / "shards").glob("*.tar")), shardshuffle=False):
+        meta = json.loads(s[schema.META_EXT])
+        masklet = annotations[meta["video_id"]]["masklet"]
+        for i, ann in enumerate(meta["ann_frames"]):
+            alpha = np.asarray(Image.open(io.BytesIO(s[schema.alpha_ext(i)])))
+            mask = mask_utils.decode(masklet[ann][meta["masklet_id"]]).astype(bool)
+            assert alpha.shape == mask.shape
+            assert np.array_equal(alpha == 255, mask) and set(np.unique(alpha)) <= {0, 255}
+            checked += 1
+        assert meta["video_frames"] == [4 * a for a in meta["ann_frames"]]
+    assert checked > 0
+
+
+def test_rerun_skips_and_is_byte_identical(synth_split, mask_run, tmp_path):
+    out_split, _ = mask_run
+    before = tree_bytes(out_split)
+    res = run_cli(synth_split.parent, out_split.parent, "--matter", "mask")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out_split / schema.RUN_JSON).read_text())["summary"]["shards_done"] == 0
+    assert tree_bytes(out_split) == before
+    # --shards redoes the named shard, with the same bytes
+    marker = out_split / schema.shard_done(SPLIT, 1)
+    marker.unlink()
+    res = run_cli(synth_split.parent, out_split.parent, "--matter", "mask", "--shards", "0-1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out_split / schema.RUN_JSON).read_text())["summary"]["shards_done"] == 2
+    assert tree_bytes(out_split) == before
+
+
+def test_fake_gpus_one_actor_each(synth_split, tmp_path):
+    res = run_cli(synth_split.parent, tmp_path, "--matter", "mask", "--num-gpus", "2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    actors = json.loads((tmp_path / SPLIT / schema.RUN_JSON).read_text())["actors"]
+    assert len(actors) == 2
+    gpu_ids = [tuple(a["info"]["gpu_ids"]) for a in actors]
+    assert all(len(g) == 1 for g in gpu_ids) and len(set(gpu_ids)) == 2
+    assert sum(a["stats"]["segments"] for a in actors) > 0
+
+
+def test_actor_death_is_retried(synth_split, mask_run, tmp_path):
+    marker = tmp_path / "died"
+    res = run_cli(synth_split.parent, tmp_path / "out", "--matter", "tests.matters_for_tests:DieOnceMatter",
+                  env={"MAVA_TEST_DIE_MARKER": str(marker)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert marker.exists(), "the injected death never happened"
+    died_pid = int(marker.read_text())
+    run = json.loads((tmp_path / "out" / SPLIT / schema.RUN_JSON).read_text())
+    assert run["actors"][0]["info"]["pid"] != died_pid  # a new actor process finished the work
+    ok_new = [r["key"] for r in manifest(tmp_path / "out" / SPLIT) if r["status"] == "ok"]
+    ok_ref = [r["key"] for r in manifest(mask_run[0]) if r["status"] == "ok"]
+    assert ok_new == ok_ref
+
+
+def test_matter_exception_is_a_failed_row(synth_split, tmp_path):
+    res = run_cli(synth_split.parent, tmp_path, "--matter", "tests.matters_for_tests:FailOnKeyMatter")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = manifest(tmp_path / SPLIT)
+    failed = [r for r in rows if r["error_type"] == "RuntimeError"]
+    assert failed and all("injected matter failure" in r["error"] for r in failed)
+    assert any(r["status"] == "ok" for r in rows)
+
+
+def test_sigkill_then_resume_is_byte_identical(synth_split, tmp_path):
+    env = {"MAVA_TEST_DELAY": "0.4"}
+    matter = ("--matter", "tests.matters_for_tests:SlowMaskMatter")
+    ref = tmp_path / "ref"
+    assert run_cli(synth_split.parent, ref, *matter, env=env).returncode == 0
+    n_shards = len(list((ref / SPLIT / "done").glob("*.json")))
+    assert n_shards >= 2
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(synth_split.parent),
+           "--out", str(out), "--address", "local", "--num-cpus", "2", "--no-progress",
+           "--videos-per-shard", "1", *matter]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = out / SPLIT / "done"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and not list(done_dir.glob("*.json")):
+            # no partial tar is ever visible under its final name
+            for tar in (out / SPLIT / "shards").glob("*.tar") if (out / SPLIT / "shards").exists() else []:
+                with tarfile.open(tar) as tf:
+                    tf.getmembers()
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = sorted(p.name for p in done_dir.glob("*.json"))
+    assert 1 <= len(finished) < n_shards, f"kill came too late or too early: {finished}"
+    stamps = {p.name: p.stat().st_mtime_ns for p in done_dir.glob("*.json")}
+
+    res = run_cli(synth_split.parent, out, *matter, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / SPLIT / schema.RUN_JSON).read_text())["summary"]
+    assert summary["shards_skipped"] == len(finished)
+    assert summary["shards_done"] == n_shards - len(finished)
+    assert all((done_dir / n).stat().st_mtime_ns == t for n, t in stamps.items())  # untouched
+    assert tree_bytes(out / SPLIT) == tree_bytes(ref / SPLIT)
+
+
+def test_help_explains_every_flag():
+    res = subprocess.run([sys.executable, "-m", "pipeline.run", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0
+    for flag in ("--split", "--data-root", "--out", "--matter", "--checkpoint", "--base-model", "--masklets",
+                 "--segment-len", "--videos-per-shard", "--shards", "--retry-failed", "--limit-videos", "--frames"):
+        assert flag in res.stdout
