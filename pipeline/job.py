@@ -38,7 +38,8 @@ class ResourceConfig:
     cpu_actors: int = 1               # actors when the cluster has no GPU
     num_gpus: int | None = None       # local cluster only: GPUs to declare (fake ones are fine for tests)
     num_cpus: int | None = None       # local cluster only
-    actor_cpus: float = 1.0           # CPUs reserved per actor
+    dashboard: bool = False           # local cluster only: start the Ray dashboard
+    actor_cpus: float | None = None   # CPUs reserved per actor (default: 1 for CPU actors, 0.5 for GPU actors)
     reader_cpus: float = 0.5          # CPUs per reader task
     encode_cpus: float = 0.25         # CPUs per encode task
     read_ahead: int = 2               # videos read at once, per actor
@@ -181,6 +182,7 @@ def init_ray(res: ResourceConfig) -> None:
             kwargs["num_gpus"] = res.num_gpus
         if res.num_cpus is not None:
             kwargs["num_cpus"] = res.num_cpus
+        kwargs["include_dashboard"] = res.dashboard
     ray.init(address=res.address, **kwargs)
 
 
@@ -192,6 +194,14 @@ def _num_actors(res: ResourceConfig) -> tuple[int, int]:
     return (gpus, 1) if gpus else (res.cpu_actors, 0)
 
 
+def _check_cpus(needed: float) -> None:
+    """Refuse a layout where actors leave no CPU for readers and encoders (it would hang)."""
+    total = ray.cluster_resources().get("CPU", 0)
+    if needed > total:
+        raise ValueError(f"the cluster has {total:g} CPUs but the actors plus one reader and one encoder need "
+                         f"{needed:g}: use fewer --cpu-actors/--num-actors or more --num-cpus")
+
+
 class Driver:
     """Runs the selected shards of one job; see :func:`run_job`."""
 
@@ -199,8 +209,10 @@ class Driver:
         self.cfg = cfg
         res = cfg.resources
         n, gpus = _num_actors(res)
+        actor_cpus = res.actor_cpus if res.actor_cpus is not None else (0.5 if gpus else 1.0)
+        _check_cpus(n * actor_cpus + res.reader_cpus + res.encode_cpus)
         actor_cls = ray.remote(MatterActor).options(
-            num_gpus=gpus, num_cpus=res.actor_cpus, max_restarts=res.max_restarts,
+            num_gpus=gpus, num_cpus=actor_cpus, max_restarts=res.max_restarts,
             max_task_retries=res.max_restarts)
         self.actors = [actor_cls.remote(cfg.matter, cfg.matter_config) for _ in range(n)]
         self.batch = max(1, cfg.matter_config.batch_size)

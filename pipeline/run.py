@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpu-actors", type=int, default=1, help="matter actors when the cluster has no GPU")
     r.add_argument("--num-gpus", type=int, default=None, help="local cluster only: GPUs to declare")
     r.add_argument("--num-cpus", type=int, default=None, help="local cluster only: CPUs to declare")
+    r.add_argument("--dashboard", action="store_true", help="local cluster only: start the Ray dashboard")
     r.add_argument("--read-ahead", type=int, default=2, help="videos being read at once per actor")
     r.add_argument("--queue-depth", type=int, default=2, help="batches queued per actor")
     r.add_argument("--max-restarts", type=int, default=3, help="restarts of a crashed actor (and retries)")
@@ -80,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
                           dtype=args.dtype, seed=args.seed, long_side=args.long_side,
                           segment_len=args.segment_len, batch_size=args.batch_size, compile=args.compile)
     resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
-                               num_gpus=args.num_gpus, num_cpus=args.num_cpus, read_ahead=args.read_ahead,
+                               num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard, read_ahead=args.read_ahead,
                                queue_depth=args.queue_depth, max_restarts=args.max_restarts)
     return JobConfig(
         split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,

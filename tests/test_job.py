@@ -52,7 +52,8 @@ def planned_keys(split_dir: Path, masklets: str = "manual") -> set[str]:
 
 
 def manifest(out_split: Path) -> list[dict]:
-    return duckdb.sql(f"select * from '{out_split}/{schema.MANIFEST_GLOB}' order by key").df().to_dict("records")
+    rel = duckdb.sql(f"select * from '{out_split}/{schema.MANIFEST_GLOB}' order by key")
+    return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
 
 
 def tree_bytes(out_split: Path) -> dict[str, bytes]:

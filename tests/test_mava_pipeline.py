@@ -20,18 +20,22 @@ from mava.loaders import ClipConfig, RandomAccessClips, StreamingClips  # noqa: 
 from mava.verify import verify  # noqa: E402
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="session")
 def job_output(tmp_path_factory):
     root = tmp_path_factory.mktemp("mava_job")
     data = root / "data"
-    subprocess.run([sys.executable, "-m", "pipeline.synth", "--out", str(data), "--videos", "3"], check=True)
+    subprocess.run([sys.executable, "-m", "pipeline.synth", "--out", str(data), "--videos", "3"], check=True,
+                   cwd=REPO)
     splits = sorted(p.name for p in data.iterdir() if p.is_dir() and p.name.startswith("sav_"))
     assert splits, f"no split folder under {data}"
     split = splits[0]
     out = root / "out"
     subprocess.run([sys.executable, "-m", "pipeline.run", "--split", split, "--data-root", str(data), "--out",
                     str(out), "--matter", "mask", "--videos-per-shard", "1", "--num-cpus", "2", "--no-progress",
-                    "--backend", "pyav"], check=True)
+                    "--backend", "pyav", "--address", "local"], check=True, cwd=REPO)
     gts = sorted(data.rglob("gt_alpha"))
     return out / split, (gts[0] if gts else None)
 
