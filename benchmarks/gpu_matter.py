@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [f for f, on in [("compile:" + args.compile_mode, args.compile), ("cudnn.benchmark", args.cudnn_benchmark),
                                  ("channels_last", args.channels_last), ("pinned", args.pin_memory),
                                  ("uint8", args.uint8), (f"batch {args.batch}", args.batch > 1),
-                                 (f"decode_chunk {args.decode_chunk}", args.decode_chunk != args.frames),
+                                 (f"decode_chunk {args.decode_chunk}", 0 < args.decode_chunk < args.frames),
                                  (f"posterior {args.posterior}", args.posterior != "sample")] if on]
         label = "optimised: " + (", ".join(flags) or "same options as baseline")
         warm, secs, opt_out = run_matter(optimised, clips, keys, args.iters, uint8=args.uint8)

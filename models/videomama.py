@@ -299,6 +299,7 @@ class VideoMaMaMatter(MatterBase):
     def _prepare(self, frames: np.ndarray, masks: np.ndarray, h: int, w: int, tp: int):
         """uint8/bool host arrays -> model-size tensors in [-1,1], [tp,3,h,w] each, padded in time."""
         f = self._upload(frames).permute(0, 3, 1, 2).float()             # [T,3,H,W] 0..255
+        masks = masks if masks.dtype == bool else masks.astype(bool)
         m = self._upload(masks.view(np.uint8))[:, None].float()           # [T,1,H,W] 0..1
         if f.shape[-2:] != (h, w):
             down = f.shape[-2] > h or f.shape[-1] > w

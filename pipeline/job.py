@@ -340,11 +340,17 @@ class Driver:
                     self._pull(ref, self.streams[ref])
         bar.close()
         self.result.wall_s = time.perf_counter() - t0
-        self.result.actors = [
-            {"info": info, "stats": stats}
-            for info, stats in zip(ray.get([a.info.remote() for a in self.actors]),
-                                   ray.get([a.stats.remote() for a in self.actors]))]
+        self.result.actors = [_actor_record(a) for a in self.actors]
         return self.result
+
+
+def _actor_record(actor) -> dict:
+    """Where an actor ran and how busy it was; a dead actor is recorded as such."""
+    try:
+        info, stats = ray.get([actor.info.remote(), actor.stats.remote()])
+    except ray.exceptions.RayActorError as exc:
+        return {"info": {"dead": str(exc).splitlines()[0]}, "stats": {"busy_s": 0.0, "idle_s": 0.0}}
+    return {"info": info, "stats": stats}
 
 
 def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:

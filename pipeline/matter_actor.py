@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.base import MatterConfig, build_matter
+from models.base import MatterConfig, build_matter, to_uint8
 from pipeline.segments import SegmentData
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,6 @@ class MatterFailure:
 
     def __str__(self) -> str:
         return self.message
-
-
-def to_uint8(alpha: np.ndarray) -> np.ndarray:
-    """float alpha in [0,1] -> uint8, rounded."""
-    if alpha.dtype == np.uint8:
-        return alpha
-    return (np.clip(alpha, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 class MatterActor:
@@ -98,7 +91,7 @@ class MatterActor:
         try:
             if callable(batched):
                 return list(batched(clips))
-            return [to_uint8(a) for a in self.matter.refine_batch(clips)]
+            return [a if a.dtype == np.uint8 else to_uint8(a) for a in self.matter.refine_batch(clips)]
         except Exception as exc:  # noqa: BLE001 - any matter error is recorded as that sample's failure
             if len(datas) == 1:
                 log.warning("matter failed on %s: %s", datas[0].segment.key, exc)

@@ -52,7 +52,7 @@ class Failure:
 @dataclass
 class VideoPlan:
     ref: VideoRef
-    segments: list[Segment]      # sorted by key
+    segments: list[Segment]      # in frame order (start, then key): one forward decode pass serves all masklets
     failures: list[Failure]      # masklet-level problems (key = sample_key(vid, src, mid, 0))
     height: int
     width: int
@@ -129,7 +129,7 @@ def plan_video(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
             rles[(ann.source, mid)] = [ann.rles[i][j] for i in range(ann.num_frames)]
         if ann.masklet_ids and size_errors == len(ann.masklet_ids):
             raise RleSizeMismatch(ann.path, f"every masklet's RLE size differs from the video size {h}x{w}")
-    segments.sort(key=lambda s: s.key)
+    segments.sort(key=lambda s: (s.start, s.key))
     failures.sort(key=lambda f: f.key)
     return VideoPlan(ref, segments, failures, h, w, n, ratio, rles)
 
@@ -206,7 +206,7 @@ def _plan_frames_layout(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ..
             continue
         segments.extend(segs)
         rles[("manual", mid)] = seq
-    segments.sort(key=lambda s: s.key)
+    segments.sort(key=lambda s: (s.start, s.key))
     failures.sort(key=lambda f: f.key)
     return VideoPlan(ref, segments, failures, h, w, n, ratio, rles)
 

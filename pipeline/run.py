@@ -111,13 +111,14 @@ def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
         with fs.open(path, "r") as f:
             old = json.load(f)
         history = old.pop("history", []) + [old]
-    matter = result.actors[0]["info"]["matter"] if result.actors else {"name": cfg.matter}
+    alive = [a["info"]["matter"] for a in result.actors if "matter" in a["info"]]
+    matter = alive[0] if alive else {"name": cfg.matter}
     conf = dataclasses.asdict(cfg)
     conf["shards"] = sorted(cfg.shards) if cfg.shards else None
     doc = {
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(), "config": conf, "matter": matter,
-        "checkpoint_sha256": matter.get("checkpoint_sha256"), "num_shards": num_shards,
+        "checkpoint_sha256": matter.get("weights_sha256"), "num_shards": num_shards,
         "summary": result.summary(), "actors": result.actors, "history": history[-20:],
     }
     fs.makedirs(root, exist_ok=True)

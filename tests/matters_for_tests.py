@@ -51,3 +51,15 @@ class FailOnKeyMatter(MatterBase):
         if int(masks[0].sum()) % 2:
             raise RuntimeError("injected matter failure")
         return masks.astype(np.float32)
+
+
+class DieAlwaysMatter(MatterBase):
+    """Kills its process on every segment: a shard it touches can never complete."""
+
+    name = "die-always"
+
+    def __init__(self, config: MatterConfig):
+        pass
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        os._exit(1)

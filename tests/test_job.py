@@ -151,6 +151,17 @@ def test_actor_death_is_retried(synth_split, mask_run, tmp_path):
     assert ok_new == ok_ref
 
 
+def test_shard_that_cannot_complete_fails_the_run(synth_split, tmp_path):
+    res = run_cli(synth_split.parent, tmp_path, "--matter", "tests.matters_for_tests:DieAlwaysMatter",
+                  "--max-restarts", "1", "--limit-videos", "1")
+    assert res.returncode == 1
+    assert "shard 0 FAILED" in res.stderr
+    split = tmp_path / SPLIT
+    assert not (split / schema.shard_done(SPLIT, 0)).exists()
+    assert not (split / schema.shard_tar(SPLIT, 0)).exists()
+    assert json.loads((split / schema.RUN_JSON).read_text())["summary"]["shards_failed"]
+
+
 def test_matter_exception_is_a_failed_row(synth_split, tmp_path):
     res = run_cli(synth_split.parent, tmp_path, "--matter", "tests.matters_for_tests:FailOnKeyMatter")
     assert res.returncode == 0, res.stderr[-2000:]

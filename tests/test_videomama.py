@@ -175,7 +175,7 @@ def test_gpu_benchmark_script_runs_production_path_on_cpu(capsys):
                  "--source-width", "192", "--frames", "2", "--batch", "2", "--iters", "1",
                  "--stage-timing", "--uint8"]) == 0
     out = capsys.readouterr().out
-    for text in ("FLOPs per segment", "[baseline eager]", "[optimised: uint8, batch 2, decode_chunk 12]",
+    for text in ("FLOPs per segment", "[baseline eager]", "[optimised: uint8, batch 2]",
                  "encode", "unet", "decode", "alpha |optimised - baseline|"):
         assert text in out, text
     max_diff = float(out.split("alpha |optimised - baseline|: max ")[1].split(",")[0])
