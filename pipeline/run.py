@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, default=1, help="segments per forward pass")
     m.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same mattes)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
+    m.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (with --compile)")
+    m.add_argument("--decode-chunk", type=int, default=12, help="VAE decode chunk in frames (memory vs speed)")
+    m.add_argument("--posterior", choices=["sample", "mode"], default="sample",
+                   help="VAE posterior of the condition latents: seeded sample (as released) or mode")
+    m.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning on GPU")
+    m.add_argument("--channels-last", action="store_true", help="channels-last memory format for the VAE")
+    m.add_argument("--pin-memory", action="store_true", help="pinned host buffers, non-blocking uploads (GPU)")
     r = p.add_argument_group("cluster")
     r.add_argument("--address", default=None,
                    help="Ray address; default: the cluster of `ray job submit`/RAY_ADDRESS, else a new local one")
@@ -79,7 +88,10 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         raise SystemExit(f"--segment-len must be in 1..{schema.MAX_SEGMENT_LEN}")
     matter = MatterConfig(checkpoint=args.checkpoint, base_model=args.base_model, device=args.device,
                           dtype=args.dtype, seed=args.seed, long_side=args.long_side,
-                          segment_len=args.segment_len, batch_size=args.batch_size, compile=args.compile)
+                          segment_len=args.segment_len, batch_size=args.batch_size, compile=args.compile,
+                          compile_mode=args.compile_mode, decode_chunk=args.decode_chunk, posterior=args.posterior,
+                          cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
+                          pin_memory=args.pin_memory)
     resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
                                num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard, read_ahead=args.read_ahead,
                                queue_depth=args.queue_depth, max_restarts=args.max_restarts)

@@ -210,6 +210,23 @@ def test_sigkill_then_resume_is_byte_identical(synth_split, tmp_path):
     assert tree_bytes(out / SPLIT) == tree_bytes(ref / SPLIT)
 
 
+def test_videomama_tiny_checkpoint_through_the_job(synth_split, tmp_path):
+    """The production matter, loaded from a checkpoint folder by the actor, end to end."""
+    tiny = tmp_path / "tiny"
+    subprocess.run([sys.executable, "-m", "models.tiny", "--out", str(tiny)], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    res = run_cli(synth_split.parent, tmp_path / "out", "--matter", "videomama", "--checkpoint",
+                  str(tiny / "checkpoint"), "--base-model", str(tiny / "base"), "--long-side", "128",
+                  "--limit-videos", "1", "--frames", "none")
+    assert res.returncode == 0, res.stderr[-3000:]
+    split = tmp_path / "out" / SPLIT
+    rows = manifest(split)
+    assert rows and all(r["status"] == "ok" and r["matter"] == "videomama" for r in rows)
+    run = json.loads((split / schema.RUN_JSON).read_text())
+    assert len(run["checkpoint_sha256"]) == 64
+    assert run["matter"]["checkpoint"].endswith("checkpoint")
+
+
 def test_help_explains_every_flag():
     res = subprocess.run([sys.executable, "-m", "pipeline.run", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
