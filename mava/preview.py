@@ -110,8 +110,13 @@ def contact_sheet(sample: Sample, tile: int = 220, per_row: int = 6, max_frames:
                 break
             x0 = label_w + c * (pw + gap)
             ann = m.get("ann_frames", [None] * (t + 1))[sample.indices[t]]
-            hidden = "" if sample.masks[t].any() else "  (mask empty)"
-            draw.text((x0, y0 + 1), f"#{sample.indices[t]}  ann {ann}{hidden}", fill=TEXT, font=small)
+            caption = f"#{sample.indices[t]}  ann {ann}"
+            if not sample.masks[t].any():  # say why the alpha is black, as far as the tile is wide
+                for extra in ("  (mask empty)", "  (empty)", " -"):
+                    if draw.textlength(caption + extra, font=small) <= pw:
+                        caption += extra
+                        break
+            draw.text((x0, y0 + 1), caption, fill=TEXT, font=small)
             for j, p in enumerate(cols[t]):
                 sheet.paste(Image.fromarray(p), (x0, y0 + cap + j * (ph + gap)))
     return sheet
