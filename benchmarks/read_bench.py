@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", type=Path, default=Path("build/bench_read"),
                    help="where generated videos are kept between runs (default build/bench_read)")
     p.add_argument("--frames", type=int, default=480, help="frames of the 848x480 throughput video (default 480)")
-    p.add_argument("--short-frames", type=int, default=96, help="frames of the short 1080p video (default 96)")
+    p.add_argument("--short-frames", type=int, default=720,
+                   help="frames of the short 1080p video (default 720: past the decoders' ~25 s warm-up of buffers)")
     p.add_argument("--long-frames", type=int, default=2400, help="frames of the long 1080p video (default 2400)")
     p.add_argument("--long-size", default="1920x1080", help="WxH of the short/long RSS videos (default 1920x1080)")
     p.add_argument("--skip-rss", action="store_true", help="only measure throughput")

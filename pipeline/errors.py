@@ -52,3 +52,7 @@ class EmptyMasklet(SampleError):
 
 class UnsafeId(SampleError):
     """A video or masklet id that could escape the output folder or break a key."""
+
+
+class ReaderError(SampleError):
+    """An unexpected error while planning or reading a video (a library or reader bug)."""

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mava import schema
 from models.base import MatterConfig
 from pipeline import plan as planning
-from pipeline.errors import SampleError
+from pipeline.errors import ReaderError, SampleError
 from pipeline.matter_actor import MatterActor, MatterFailure
 from pipeline.reader import Failure, ReaderConfig, VideoRef, plan_video, read_segments
 from pipeline.segments import SegmentData
@@ -116,17 +116,35 @@ class JobResult:
 
 
 def read_video(ref: VideoRef, cfg: ReaderConfig) -> Iterator[Any]:
-    """Reader stream of one video: a VideoHeader, then one SegmentData or Failure per key."""
+    """Reader stream of one video: a VideoHeader, then one SegmentData or Failure per key.
+
+    Never raises: typed input errors become failed rows, and so does anything unexpected
+    (as ReaderError, logged with its traceback), so one bad video cannot fail its shard.
+    """
     try:
         plan = plan_video(ref, cfg)
-    except SampleError as exc:
-        row = failure_row(schema.video_failure_key(ref.video_id), ref.video_id, exc.error_type, str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded as this video's failed row
+        err = exc if isinstance(exc, SampleError) else _unexpected(ref, exc)
+        row = failure_row(schema.video_failure_key(ref.video_id), ref.video_id, err.error_type, str(err))
         yield VideoHeader(ref.video_id, [], [row])
         return
     rows = [failure_row(f.key, f.video_id, f.error.error_type, str(f.error), source=f.source,
                         masklet_id=f.masklet_id, start=f.start) for f in plan.failures]
     yield VideoHeader(ref.video_id, [s.key for s in plan.segments], rows)
-    yield from read_segments(plan, cfg)
+    done = 0
+    try:
+        for item in read_segments(plan, cfg):
+            yield item
+            done += 1
+    except Exception as exc:  # noqa: BLE001 - the rest of this video's samples fail, recorded
+        err = _unexpected(ref, exc)
+        for s in plan.segments[done:]:
+            yield Failure(s.key, s.video_id, s.source, s.masklet_id, s.start, err)
+
+
+def _unexpected(ref: VideoRef, exc: Exception) -> ReaderError:
+    log.exception("unexpected error reading %s", ref.video_id)
+    return ReaderError(str(getattr(ref, "video_url", None) or ref.video_id), f"{type(exc).__name__}: {exc}")
 
 
 def encode(item: SegmentData | Failure, alpha: Any, matter: str, frames: str) -> EncodedSample | dict:

@@ -234,3 +234,24 @@ def test_help_explains_every_flag():
     for flag in ("--split", "--data-root", "--out", "--matter", "--checkpoint", "--base-model", "--masklets",
                  "--segment-len", "--videos-per-shard", "--shards", "--retry-failed", "--limit-videos", "--frames"):
         assert flag in res.stdout
+
+
+def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
+    """read_video (the Ray reader task body) never raises: a reader bug becomes failed rows."""
+    import dataclasses
+
+    from pipeline.job import VideoHeader, read_video
+    from pipeline.reader import Failure
+
+    ref = list_videos(str(synth_split))[0]
+    broken = dataclasses.replace(ref, layout="no-such-layout", video_url=None)
+    items = list(read_video(broken, ReaderConfig()))
+    assert len(items) == 1 and isinstance(items[0], VideoHeader) and items[0].keys == []
+    (row,) = items[0].failures
+    assert row["key"] == schema.video_failure_key(ref.video_id) and row["status"] == "failed"
+    assert row["error_type"] == "ReaderError" and "Error" in row["error"]
+
+    good = list(read_video(ref, ReaderConfig()))
+    assert isinstance(good[0], VideoHeader) and len(good) == 1 + len(good[0].keys)
+    assert not any(isinstance(i, Failure) for i in good[1:])
+    assert [i.segment.key for i in good[1:]] == good[0].keys
