@@ -155,7 +155,11 @@ def encode(item: SegmentData | Failure, alpha: Any, matter: str, frames: str) ->
     if isinstance(alpha, MatterFailure):
         return failure_row(item.segment.key, item.segment.video_id, alpha.error_type, alpha.message,
                            segment=item.segment, matter=matter)
-    return encode_sample(item, alpha, matter, frames)
+    try:
+        return encode_sample(item, alpha, matter, frames)
+    except ValueError as exc:  # e.g. a matte whose shape does not match its segment
+        return failure_row(item.segment.key, item.segment.video_id, type(exc).__name__, f"matter {matter}: {exc}",
+                           segment=item.segment, matter=matter)
 
 
 def write(out_split: str, split: str, index: int, failures: list[dict], *encoded: EncodedSample | dict) -> dict:

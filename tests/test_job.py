@@ -255,3 +255,19 @@ def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
     assert isinstance(good[0], VideoHeader) and len(good) == 1 + len(good[0].keys)
     assert not any(isinstance(i, Failure) for i in good[1:])
     assert [i.segment.key for i in good[1:]] == good[0].keys
+
+
+def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
+    from pipeline.job import encode
+    from pipeline.reader import read_segments
+    from pipeline.writer import EncodedSample
+
+    cfg = ReaderConfig()
+    plan = plan_video(list_videos(str(synth_split))[0], cfg)
+    data = next(iter(read_segments(plan, cfg)))
+    t, h, w = data.masks.shape
+    ok = encode(data, np.zeros((t, h, w), np.uint8), "m", "jpg")
+    assert isinstance(ok, EncodedSample) and ok.row["status"] == "ok"
+    bad = encode(data, np.zeros((t, h // 2, w), np.uint8), "m", "jpg")
+    assert isinstance(bad, dict) and bad["status"] == "failed" and bad["error_type"] == "ValueError"
+    assert bad["key"] == data.segment.key and "does not match" in bad["error"]
