@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: setup test demo bench bench-gpu clean help
+.PHONY: setup test demo bench bench-gpu gpu-wheels clean help
 
 help:
 	@echo "make demo   - set up, generate a sample SA-V split, run the MA-V job on it (CPU)"
 	@echo "make test   - set up, run the whole test suite"
 	@echo "make bench  - CPU benchmarks (reader, matters, pipeline, loaders); ratios to same-run baselines"
 	@echo "make bench-gpu - VideoMaMa stage timings (tiny config on CPU; pass ARGS=--full on a GPU)"
+	@echo "make gpu-wheels - wheels for benchmarks/gpu_device.sh on the lent GPU machine"
 
 setup: $(STAMP)
 
@@ -34,6 +35,12 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) -m benchmarks.gpu_matter $(ARGS)
+
+# wheels the device machine lacks (it has torch, no registry): carry .gpu_wheels, run benchmarks/gpu_device.sh
+gpu-wheels: setup
+	$(VENV)/bin/pip download --quiet --no-deps -d .gpu_wheels diffusers==0.42.1
+	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+		--python-version 3.12 -d .gpu_wheels safetensors==0.8.0
 
 clean:
 	rm -rf $(VENV) build
