@@ -96,10 +96,12 @@ class JobResult:
     def exit_code(self) -> int:
         return 1 if self.shards_failed else 0
 
-    def utilisation(self) -> float | None:
-        busy = sum(a["stats"]["busy_s"] for a in self.actors)
-        span = sum(a["stats"]["busy_s"] + a["stats"]["idle_s"] for a in self.actors)
-        return round(busy / span, 4) if span else None
+    def utilisation(self, warm: bool = False) -> float | None:
+        """Fraction of the actors' time (from their first call) spent in the matter, not waiting."""
+        first = sum(a["stats"].get("first_call_s", 0.0) for a in self.actors) if warm else 0.0
+        busy = sum(a["stats"]["busy_s"] for a in self.actors) - first
+        span = busy + sum(a["stats"]["idle_s"] for a in self.actors)
+        return round(busy / span, 4) if span > 0 else None
 
     def summary(self) -> dict:
         return {
@@ -109,6 +111,7 @@ class JobResult:
             "frames": self.frames, "wall_s": round(self.wall_s, 2),
             "frames_per_s": round(self.frames / self.wall_s, 2) if self.wall_s else None,
             "actor_utilisation": self.utilisation(),
+            "actor_utilisation_warm": self.utilisation(warm=True),
         }
 
 

@@ -47,6 +47,7 @@ class MatterActor:
         self.first_call: float | None = None
         self.last_end: float | None = None
         self.idle_s = 0.0  # gaps between calls after the first: the GPU waiting for input
+        self.first_call_s = 0.0  # the first call (compile, cuDNN autotune, lazy init), left out of "warm"
 
     def info(self) -> dict:
         """Where this actor runs and what it loaded."""
@@ -78,6 +79,8 @@ class MatterActor:
             out[i] = alpha
         self.last_end = time.perf_counter()
         self.busy_s += self.last_end - start
+        if self.calls == 0:
+            self.first_call_s = self.last_end - start
         self.calls += 1
         self.segments += len(todo)
         self.frames += sum(items[i].masks.shape[0] for i in todo)
@@ -100,11 +103,15 @@ class MatterActor:
         return [r for d in datas for r in self._refine([d])]
 
     def stats(self) -> dict:
-        """Busy/idle seconds since the first call; utilisation = busy / (busy + idle)."""
+        """Busy/idle seconds since the first call; utilisation = busy / (busy + idle); the warm
+        figure leaves the first call (warm-up) out."""
         span = self.busy_s + self.idle_s
+        warm_busy = self.busy_s - self.first_call_s
         return {
             "calls": self.calls, "segments": self.segments, "frames": self.frames,
             "busy_s": round(self.busy_s, 3), "idle_s": round(self.idle_s, 3),
             "utilisation": round(self.busy_s / span, 4) if span else None,
+            "first_call_s": round(self.first_call_s, 3),
+            "utilisation_warm": round(warm_busy / (warm_busy + self.idle_s), 4) if warm_busy + self.idle_s else None,
             "load_s": round(self.load_s, 3),
         }

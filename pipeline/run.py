@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(of {len(plans)}); samples: {s['samples_ok']} ok, {sum(s['samples_failed'].values())} failed "
           f"{s['samples_failed'] or ''}")
     print(f"frames: {s['frames']} in {s['wall_s']} s ({s['frames_per_s']} frames/s); "
-          f"actor utilisation {s['actor_utilisation']}; output {cfg.out_split}; run record {path}")
+          f"actor utilisation {s['actor_utilisation']} (warm {s['actor_utilisation_warm']}); output {cfg.out_split}; run record {path}")
     for index, reason in sorted(result.shards_failed.items()):
         print(f"shard {index} FAILED: {reason}", file=sys.stderr)
     return result.exit_code

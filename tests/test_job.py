@@ -89,6 +89,9 @@ def test_every_planned_key_once(synth_split, mask_run):
     assert n_failed[0][0] == len(rows) - len(ok)
     run = json.loads((out_split / schema.RUN_JSON).read_text())
     assert run["summary"]["samples_ok"] == len(ok) and run["matter"]["name"] == "mask"
+    assert sum(a["stats"]["segments"] for a in run["actors"]) == len(ok)  # every matted segment written
+    assert 0 < run["summary"]["actor_utilisation"] <= 1 and 0 <= run["summary"]["actor_utilisation_warm"] <= 1
+    assert run["code_version"] != "unknown" and run["config"]["split"] == SPLIT
     assert "samples" in res.stdout and "frames" in res.stdout
 
 
