@@ -105,25 +105,48 @@ def failure_row(key: str, video_id: str, error_type: str, error: str, *, source:
     return row | {"status": schema.STATUS_FAILED, "error_type": error_type, "error": error, "matter": matter}
 
 
-def _tar_bytes(samples: list[EncodedSample]) -> tuple[bytes, dict[str, tuple[int, int, int]]]:
-    """A deterministic tar (fixed mtime/owner/mode) and each sample's (offset, size, members)."""
-    buf = io.BytesIO()
+class _HashingWriter:
+    """A write-only file wrapper that counts and hashes the bytes going through it."""
+
+    def __init__(self, f):
+        self.f, self.size, self.sha256 = f, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        self.f.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _write_tar(f, samples: list[EncodedSample]) -> tuple[dict[str, tuple[int, int, int]], int, str]:
+    """Stream a deterministic tar (fixed mtime/owner/mode) into ``f``.
+
+    Returns each sample's (offset, size, members), the tar's size and its sha256.
+    """
+    out = _HashingWriter(f)
     spans = {}
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            start = buf.tell()
+            start = tar.offset
             for name, data in s.members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
-            spans[s.key] = (start, buf.tell() - start, len(s.members))
-    return buf.getvalue(), spans
+            spans[s.key] = (start, tar.offset - start, len(s.members))
+    return spans, out.size, out.sha256.hexdigest()
+
+
+def _tmp_name(path: str) -> str:
+    return f"{path}.{uuid.uuid4().hex[:8]}{schema.TMP_SUFFIX}"
 
 
 def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}{schema.TMP_SUFFIX}"
+    tmp = _tmp_name(path)
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
@@ -150,7 +173,10 @@ def write_shard(out_split: str, split: str, index: int, samples: list[EncodedSam
     keys = [s.key for s in samples] + [r["key"] for r in failures]
     if len(set(keys)) != len(keys):
         raise ValueError(f"shard {name}: duplicate keys")
-    tar, spans = _tar_bytes(samples)
+    tar_path = posixpath.join(root, schema.shard_tar(split, index))
+    tmp = _tmp_name(tar_path)
+    with fs.open(tmp, "wb") as f:  # streamed: the shard is never held twice in memory
+        spans, tar_size, tar_sha = _write_tar(f, samples)
     rows = []
     for s in samples:
         off, size, n = spans[s.key]
@@ -161,16 +187,16 @@ def write_shard(out_split: str, split: str, index: int, samples: list[EncodedSam
     pq.write_table(manifest_table(rows), sink, compression="zstd")
     manifest = sink.getvalue()
 
-    _atomic_write(fs, posixpath.join(root, schema.shard_tar(split, index)), tar)
+    fs.mv(tmp, tar_path)
     _atomic_write(fs, posixpath.join(root, schema.shard_manifest(split, index)), manifest)
     ok = sum(r["status"] == schema.STATUS_OK for r in rows)
     marker = {
         "shard": name, "samples": len(rows), "ok": ok, "failed": len(rows) - ok,
         "frames": int(sum(r["num_frames"] or 0 for r in rows if r["status"] == schema.STATUS_OK)),
-        "tar_bytes": len(tar), "tar_sha256": hashlib.sha256(tar).hexdigest(),
+        "tar_bytes": tar_size, "tar_sha256": tar_sha,
         "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
     } | (extra or {})
     _atomic_write(fs, posixpath.join(root, schema.shard_done(split, index)),
                   json.dumps(marker, indent=1, sort_keys=True).encode())
-    log.info("wrote shard %s: %d ok, %d failed, %d bytes", name, ok, len(rows) - ok, len(tar))
+    log.info("wrote shard %s: %d ok, %d failed, %d bytes", name, ok, len(rows) - ok, tar_size)
     return marker
