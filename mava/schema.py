@@ -109,6 +109,7 @@ def shard_done(split: str, index: int) -> str:
 
 
 RUN_JSON = "run.json"
+MARKER_VIDEOS = "videos"  # done-marker field: the video ids the shard was written from, in plan order
 SHARDS_GLOB = "shards/*.tar"
 MANIFEST_GLOB = "manifest/*.parquet"
 DONE_GLOB = "done/*.json"

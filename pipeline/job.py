@@ -165,11 +165,12 @@ def encode(item: SegmentData | Failure, alpha: Any, matter: str, frames: str) ->
                            segment=item.segment, matter=matter)
 
 
-def write(out_split: str, split: str, index: int, failures: list[dict], *encoded: EncodedSample | dict) -> dict:
-    """Assemble and write one shard; returns its done marker."""
+def write(out_split: str, split: str, index: int, videos: list[str], failures: list[dict],
+          *encoded: EncodedSample | dict) -> dict:
+    """Assemble and write one shard of ``videos``; returns its done marker."""
     samples = [e for e in encoded if isinstance(e, EncodedSample)]
     rows = failures + [e for e in encoded if isinstance(e, dict)]
-    return write_shard(out_split, split, index, samples, rows)
+    return write_shard(out_split, split, index, samples, rows, extra={schema.MARKER_VIDEOS: videos})
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -324,7 +325,8 @@ class Driver:
             if shard.all_read and not any(s is shard for s, _ in self.ready_items):
                 self.active.remove(shard)
                 ref = self.write_task.remote(self.cfg.out_split, self.cfg.split, shard.plan.index,
-                                             shard.failures, *shard.encoded)
+                                             [v.video_id for v in shard.plan.videos], shard.failures,
+                                             *shard.encoded)
                 shard.encoded = []  # the writer task holds them now
                 self.writing[ref] = shard
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 from dataclasses import dataclass
@@ -47,9 +48,27 @@ def parse_shard_spec(spec: str) -> set[int]:
     return out
 
 
-def shard_is_done(out_split: str, split: str, index: int) -> bool:
+def shard_marker(out_split: str, split: str, index: int) -> dict | None:
+    """The done marker of a shard, or None when the shard is not finished."""
     fs, root = fsspec.core.url_to_fs(out_split)
-    return fs.exists(posixpath.join(root, schema.shard_done(split, index)))
+    path = posixpath.join(root, schema.shard_done(split, index))
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def shard_is_done(out_split: str, split: str, plan: ShardPlan) -> bool:
+    """Finished, and for the same videos: a shard written from another video list (e.g. a run with
+    --limit-videos that cut it short) is not done for this plan."""
+    marker = shard_marker(out_split, split, plan.index)
+    if marker is None:
+        return False
+    videos = [v.video_id for v in plan.videos]
+    if marker.get(schema.MARKER_VIDEOS, videos) != videos:
+        log.warning("shard %d was written for other videos than this plan's: redoing it", plan.index)
+        return False
+    return True
 
 
 def shard_has_failures(out_split: str, split: str, index: int) -> bool:
@@ -79,7 +98,7 @@ def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards:
             chosen = False
         elif shards is not None and not retry_failed:
             chosen = True  # explicitly named: redo
-        elif not shard_is_done(out_split, split, p.index):
+        elif not shard_is_done(out_split, split, p):
             chosen = True
         else:
             chosen = retry_failed and shard_has_failures(out_split, split, p.index)

@@ -130,6 +130,21 @@ def test_rerun_skips_and_is_byte_identical(synth_split, mask_run, tmp_path):
     assert tree_bytes(out_split) == before
 
 
+def test_a_shard_cut_short_by_limit_videos_is_redone(synth_split, mask_run, tmp_path):
+    """--limit-videos 2 with 3 videos per shard finishes shard 0 with 2 videos; the full run must
+    redo it, not skip it (else the third video would be lost)."""
+    out = tmp_path / "out"
+    res = run_cli(synth_split.parent, out, "--matter", "mask", "--videos-per-shard", "3", "--limit-videos", "2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    marker = json.loads((out / SPLIT / schema.shard_done(SPLIT, 0)).read_text())
+    assert len(marker[schema.MARKER_VIDEOS]) == 2
+    res = run_cli(synth_split.parent, out, "--matter", "mask", "--videos-per-shard", "3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / SPLIT / schema.RUN_JSON).read_text())["summary"]
+    assert summary["shards_done"] == 1 and summary["shards_skipped"] == 0
+    assert {r["key"] for r in manifest(out / SPLIT)} == {r["key"] for r in manifest(mask_run[0])}
+
+
 def test_fake_gpus_one_actor_each(synth_split, tmp_path):
     res = run_cli(synth_split.parent, tmp_path, "--matter", "mask", "--num-gpus", "2")
     assert res.returncode == 0, res.stderr[-2000:]
