@@ -109,7 +109,8 @@ def shard_done(split: str, index: int) -> str:
 
 
 RUN_JSON = "run.json"
-MARKER_VIDEOS = "videos"  # done-marker field: the video ids the shard was written from, in plan order
+MARKER_VIDEOS = "videos"    # done-marker field: the video ids the shard was written from, in plan order
+MARKER_OPTIONS = "options"  # done-marker field: options that change a shard's content (matter, masklets, ...)
 SHARDS_GLOB = "shards/*.tar"
 MANIFEST_GLOB = "manifest/*.parquet"
 DONE_GLOB = "done/*.json"

@@ -71,6 +71,12 @@ class JobConfig:
     def out_split(self) -> str:
         return f"{self.out.rstrip('/')}/{self.split}"
 
+    @property
+    def content_options(self) -> dict:
+        """The options that change what a shard holds; recorded in its done marker."""
+        return {"matter": self.matter, "masklets": self.reader.masklets, "segment_len": self.reader.segment_len,
+                "frames": self.frames, "seed": self.matter_config.seed}
+
 
 @dataclass
 class VideoHeader:
@@ -165,12 +171,12 @@ def encode(item: SegmentData | Failure, alpha: Any, matter: str, frames: str) ->
                            segment=item.segment, matter=matter)
 
 
-def write(out_split: str, split: str, index: int, videos: list[str], failures: list[dict],
+def write(out_split: str, split: str, index: int, marker: dict, failures: list[dict],
           *encoded: EncodedSample | dict) -> dict:
-    """Assemble and write one shard of ``videos``; returns its done marker."""
+    """Assemble and write one shard; ``marker`` (its videos and options) joins the done marker."""
     samples = [e for e in encoded if isinstance(e, EncodedSample)]
     rows = failures + [e for e in encoded if isinstance(e, dict)]
-    return write_shard(out_split, split, index, samples, rows, extra={schema.MARKER_VIDEOS: videos})
+    return write_shard(out_split, split, index, samples, rows, extra=marker)
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -325,8 +331,9 @@ class Driver:
             if shard.all_read and not any(s is shard for s, _ in self.ready_items):
                 self.active.remove(shard)
                 ref = self.write_task.remote(self.cfg.out_split, self.cfg.split, shard.plan.index,
-                                             [v.video_id for v in shard.plan.videos], shard.failures,
-                                             *shard.encoded)
+                                             {schema.MARKER_VIDEOS: [v.video_id for v in shard.plan.videos],
+                                              schema.MARKER_OPTIONS: self.cfg.content_options},
+                                             shard.failures, *shard.encoded)
                 shard.encoded = []  # the writer task holds them now
                 self.writing[ref] = shard
 
@@ -395,8 +402,12 @@ def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
     removed = planning.clean_partials(cfg.out_split)
     if removed:
         log.info("removed %d partial files of an interrupted run", removed)
+    stale = planning.stale_shards(cfg.out_split, cfg.split, len(plans)) if cfg.limit_videos is None else []
+    if stale:
+        raise ValueError(f"{cfg.out_split} holds shards past this plan's {len(plans)} ({stale[0]}, ...): it was "
+                         f"written with another shard plan (--videos-per-shard?); use a new --out")
     todo, skipped = planning.select_shards(plans, cfg.out_split, cfg.split, shards=cfg.shards,
-                                           retry_failed=cfg.retry_failed)
+                                           retry_failed=cfg.retry_failed, options=cfg.content_options)
     log.info("%d videos in %d shards: %d to run, %d skipped", len(videos), len(plans), len(todo), len(skipped))
     result = Driver(cfg, todo).run() if todo else JobResult()
     result.shards_skipped = [p.index for p in skipped]

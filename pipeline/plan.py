@@ -58,9 +58,9 @@ def shard_marker(out_split: str, split: str, index: int) -> dict | None:
         return json.loads(f.read())
 
 
-def shard_is_done(out_split: str, split: str, plan: ShardPlan) -> bool:
-    """Finished, and for the same videos: a shard written from another video list (e.g. a run with
-    --limit-videos that cut it short) is not done for this plan."""
+def shard_is_done(out_split: str, split: str, plan: ShardPlan, options: dict | None = None) -> bool:
+    """Finished, for the same videos and content options. A shard written from another video list
+    (e.g. a run with --limit-videos that cut it short) or with other options is not done."""
     marker = shard_marker(out_split, split, plan.index)
     if marker is None:
         return False
@@ -68,7 +68,24 @@ def shard_is_done(out_split: str, split: str, plan: ShardPlan) -> bool:
     if marker.get(schema.MARKER_VIDEOS, videos) != videos:
         log.warning("shard %d was written for other videos than this plan's: redoing it", plan.index)
         return False
+    if options is not None and marker.get(schema.MARKER_OPTIONS, options) != options:
+        log.warning("shard %d was written with %s, this run uses %s: redoing it", plan.index,
+                    marker.get(schema.MARKER_OPTIONS), options)
+        return False
     return True
+
+
+def stale_shards(out_split: str, split: str, num_shards: int) -> list[str]:
+    """Done markers of shards past the end of the plan (left by a run with another shard plan)."""
+    fs, root = fsspec.core.url_to_fs(out_split)
+    prefix = schema.shard_name(split, 0)[:-6]  # "<split>-"
+    stale = []
+    for path in fs.glob(posixpath.join(root, schema.DONE_GLOB)):
+        stem = posixpath.basename(path).rsplit(".", 1)[0]
+        index = stem[len(prefix):]
+        if stem.startswith(prefix) and index.isdigit() and int(index) >= num_shards:
+            stale.append(posixpath.basename(path))
+    return sorted(stale)
 
 
 def shard_has_failures(out_split: str, split: str, index: int) -> bool:
@@ -82,7 +99,8 @@ def shard_has_failures(out_split: str, split: str, index: int) -> bool:
 
 
 def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards: set[int] | None = None,
-                  retry_failed: bool = False) -> tuple[list[ShardPlan], list[ShardPlan]]:
+                  retry_failed: bool = False, options: dict | None = None
+                  ) -> tuple[list[ShardPlan], list[ShardPlan]]:
     """Split ``plans`` into (to run, skipped).
 
     A shard with a done marker is skipped unless ``retry_failed`` is set and its manifest has failed
@@ -98,7 +116,7 @@ def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards:
             chosen = False
         elif shards is not None and not retry_failed:
             chosen = True  # explicitly named: redo
-        elif not shard_is_done(out_split, split, p):
+        elif not shard_is_done(out_split, split, p, options):
             chosen = True
         else:
             chosen = retry_failed and shard_has_failures(out_split, split, p.index)

@@ -145,6 +145,22 @@ def test_a_shard_cut_short_by_limit_videos_is_redone(synth_split, mask_run, tmp_
     assert {r["key"] for r in manifest(out / SPLIT)} == {r["key"] for r in manifest(mask_run[0])}
 
 
+def test_changed_options_redo_and_changed_plan_refuses(synth_split, mask_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(mask_run[0], out / SPLIT)
+    # other content options (auto masklets too): every shard is redone, none skipped
+    res = run_cli(synth_split.parent, out, "--matter", "mask", "--masklets", "all")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / SPLIT / schema.RUN_JSON).read_text())["summary"]
+    assert summary["shards_skipped"] == 0 and summary["shards_done"] == 3
+    assert any(r["source"] == "auto" for r in manifest(out / SPLIT))
+    # another shard plan into the same output: refused, nothing touched
+    before = tree_bytes(out / SPLIT)
+    res = run_cli(synth_split.parent, out, "--matter", "mask", "--videos-per-shard", "2")
+    assert res.returncode == 2 and "another shard plan" in res.stderr
+    assert tree_bytes(out / SPLIT) == before
+
+
 def test_fake_gpus_one_actor_each(synth_split, tmp_path):
     res = run_cli(synth_split.parent, tmp_path, "--matter", "mask", "--num-gpus", "2")
     assert res.returncode == 0, res.stderr[-2000:]
