@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import fsspec
+import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
@@ -417,9 +419,6 @@ def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
 
 def _failed_counts(cfg: JobConfig, shards: list[int]) -> collections.Counter:
     """Failed rows by error type in the given shards' manifests."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     fs, root = fsspec.core.url_to_fs(cfg.out_split)
     counts: collections.Counter = collections.Counter()
     for index in shards:
