@@ -24,7 +24,7 @@ from models.base import MatterConfig
 from pipeline import plan as planning
 from pipeline.errors import ReaderError, SampleError
 from pipeline.matter_actor import MatterActor, MatterFailure
-from pipeline.reader import Failure, ReaderConfig, VideoRef, plan_video, read_segments
+from pipeline.reader import Failure, ReaderConfig, VideoRef, list_videos, plan_video, read_segments
 from pipeline.segments import SegmentData
 from pipeline.writer import EncodedSample, encode_sample, failure_row, write_shard
 
@@ -393,8 +393,6 @@ def _actor_record(actor) -> dict:
 
 def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
     """Plan, select and run the shards of ``cfg``; returns the result and the full plan."""
-    from pipeline.reader import list_videos
-
     if not schema.is_safe_id(cfg.split):
         raise ValueError(f"unsafe split name {cfg.split!r}")
     videos = list_videos(cfg.split_url)
