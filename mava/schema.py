@@ -109,8 +109,16 @@ def shard_done(split: str, index: int) -> str:
 
 
 RUN_JSON = "run.json"
-MARKER_VIDEOS = "videos"    # done-marker field: the video ids the shard was written from, in plan order
-MARKER_OPTIONS = "options"  # done-marker field: options that change a shard's content (matter, masklets, ...)
+# done-marker fields (done/<split>-NNNNNN.json)
+MARKER_SAMPLES = "samples"          # manifest rows of the shard, failures included
+MARKER_OK = "ok"                    # rows with status ok (= samples in the tar)
+MARKER_FAILED = "failed"            # rows with status failed
+MARKER_FRAMES = "frames"            # alpha frames in the tar
+MARKER_TAR_BYTES = "tar_bytes"
+MARKER_TAR_SHA256 = "tar_sha256"
+MARKER_MANIFEST_SHA256 = "manifest_sha256"
+MARKER_VIDEOS = "videos"    # the video ids the shard was written from, in plan order
+MARKER_OPTIONS = "options"  # options that change a shard's content (matter, masklets, ...)
 SHARDS_GLOB = "shards/*.tar"
 MANIFEST_GLOB = "manifest/*.parquet"
 DONE_GLOB = "done/*.json"

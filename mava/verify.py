@@ -184,8 +184,8 @@ def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: 
         rep.add("missing-sample", shard, key, "ok row without its sample in the shard")
     if marker is not None:
         n_ok, n_failed = len(ok), len(failed)
-        checks = {"ok": n_ok, "failed": n_failed, "samples": n_ok + n_failed,
-                  "tar_sha256": sha, "manifest_sha256": hashlib.sha256(raw).hexdigest()}
+        checks = {schema.MARKER_OK: n_ok, schema.MARKER_FAILED: n_failed, schema.MARKER_SAMPLES: n_ok + n_failed,
+                  schema.MARKER_TAR_SHA256: sha, schema.MARKER_MANIFEST_SHA256: hashlib.sha256(raw).hexdigest()}
         for k, v in checks.items():
             if k in marker and v is not None and marker[k] != v:
                 rep.add("marker", shard, None, f"done marker {k}={marker[k]!r} but found {v!r}")

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import fsspec
-import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
@@ -349,8 +347,8 @@ class Driver:
             self.result.shards_failed[shard.plan.index] = reason
             return
         self.result.shards_done.append(shard.plan.index)
-        self.result.ok += marker["ok"]
-        self.result.frames += marker["frames"]
+        self.result.ok += marker[schema.MARKER_OK]
+        self.result.frames += marker[schema.MARKER_FRAMES]
 
     def run(self) -> JobResult:
         t0 = time.perf_counter()
@@ -417,10 +415,7 @@ def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
 
 def _failed_counts(cfg: JobConfig, shards: list[int]) -> collections.Counter:
     """Failed rows by error type in the given shards' manifests."""
-    fs, root = fsspec.core.url_to_fs(cfg.out_split)
     counts: collections.Counter = collections.Counter()
     for index in shards:
-        with fs.open(f"{root}/{schema.shard_manifest(cfg.split, index)}", "rb") as f:
-            t = pq.read_table(f, columns=["status", "error_type"]).to_pylist()
-        counts.update(r["error_type"] for r in t if r["status"] != schema.STATUS_OK)
+        counts.update(planning.shard_failures(cfg.out_split, cfg.split, index))
     return counts

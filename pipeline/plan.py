@@ -88,14 +88,15 @@ def stale_shards(out_split: str, split: str, num_shards: int) -> list[str]:
     return sorted(stale)
 
 
-def shard_has_failures(out_split: str, split: str, index: int) -> bool:
+def shard_failures(out_split: str, split: str, index: int) -> list[str]:
+    """Error types of the failed rows in a shard's manifest ([] when it has none or no manifest)."""
     fs, root = fsspec.core.url_to_fs(out_split)
     path = posixpath.join(root, schema.shard_manifest(split, index))
     if not fs.exists(path):
-        return False
+        return []
     with fs.open(path, "rb") as f:
-        status = pq.read_table(f, columns=["status"]).column("status").to_pylist()
-    return any(s != schema.STATUS_OK for s in status)
+        rows = pq.read_table(f, columns=["status", "error_type"]).to_pylist()
+    return [r["error_type"] for r in rows if r["status"] != schema.STATUS_OK]
 
 
 def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards: set[int] | None = None,
@@ -119,7 +120,7 @@ def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards:
         elif not shard_is_done(out_split, split, p, options):
             chosen = True
         else:
-            chosen = retry_failed and shard_has_failures(out_split, split, p.index)
+            chosen = retry_failed and bool(shard_failures(out_split, split, p.index))
         (run if chosen else skip).append(p)
     return run, skip
 

@@ -191,10 +191,10 @@ def write_shard(out_split: str, split: str, index: int, samples: list[EncodedSam
     _atomic_write(fs, posixpath.join(root, schema.shard_manifest(split, index)), manifest)
     ok = sum(r["status"] == schema.STATUS_OK for r in rows)
     marker = {
-        "shard": name, "samples": len(rows), "ok": ok, "failed": len(rows) - ok,
-        "frames": int(sum(r["num_frames"] or 0 for r in rows if r["status"] == schema.STATUS_OK)),
-        "tar_bytes": tar_size, "tar_sha256": tar_sha,
-        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        "shard": name, schema.MARKER_SAMPLES: len(rows), schema.MARKER_OK: ok, schema.MARKER_FAILED: len(rows) - ok,
+        schema.MARKER_FRAMES: int(sum(r["num_frames"] or 0 for r in rows if r["status"] == schema.STATUS_OK)),
+        schema.MARKER_TAR_BYTES: tar_size, schema.MARKER_TAR_SHA256: tar_sha,
+        schema.MARKER_MANIFEST_SHA256: hashlib.sha256(manifest).hexdigest(),
     } | (extra or {})
     _atomic_write(fs, posixpath.join(root, schema.shard_done(split, index)),
                   json.dumps(marker, indent=1, sort_keys=True).encode())
