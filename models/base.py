@@ -6,34 +6,64 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 
+def output_option(default, why: str = ""):
+    """A config field that changes the bytes a matter writes: it joins the shard fingerprint."""
+    return field(default=default, metadata={"fingerprint": True, "why": why})
+
+
+def runtime_option(default, why: str = ""):
+    """A config field that changes speed, memory or placement, not the mattes beyond float rounding
+    (or whose effect is identified otherwise, e.g. by the weights' sha256): recorded, not fingerprinted."""
+    return field(default=default, metadata={"fingerprint": False, "why": why})
+
+
 @dataclass
 class MatterConfig:
-    """Options shared by all matters; each matter reads the ones it needs."""
+    """Options shared by all matters; each matter reads the ones it needs.
 
-    checkpoint: str | None = None     # VideoMaMa checkpoint folder (holds unet/)
-    base_model: str | None = None     # SVD base folder (holds vae/)
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"               # auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU)
-    seed: int = 0                     # noise seed: same seed, same mattes
-    long_side: int = 1024             # model resolution: long side, both sides multiples of 64
-    segment_len: int = 12             # short segments are padded to this for the model
-    batch_size: int = 1               # segments per forward pass
-    decode_chunk: int = 12            # VAE decode chunk (frames)
-    compile: bool = False             # torch.compile the model parts
-    # --- added for the VideoMaMa matter and its speed options (issue 6); defaults keep the plain path ---
-    posterior: str = "sample"         # VAE posterior for the condition latents: sample (seeded, as released) | mode
-    encode_chunk: int = 0             # VAE encode chunk (images per call); 0 = all frames+masks of a batch at once
-    compile_mode: str = "default"     # torch.compile mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    compile_parts: str = "unet,encoder,decoder"  # which parts --compile wraps (comma list)
-    cudnn_benchmark: bool = False     # torch.backends.cudnn.benchmark on CUDA (cuDNN autotuning)
-    channels_last: bool = False       # channels-last memory format for the VAE's 2-D convolutions
-    pin_memory: bool = False          # pinned host buffers + non_blocking uploads (CUDA only)
+    Every field is classified with :func:`output_option` or :func:`runtime_option` (a test enforces it):
+    output options join the fingerprint that decides whether a finished shard may be kept on a rerun.
+    """
+
+    checkpoint: str | None = runtime_option(None, "VideoMaMa checkpoint folder (holds unet/); "
+                                                  "identified by weights_sha256")
+    base_model: str | None = runtime_option(None, "SVD base folder (holds vae/); identified by weights_sha256")
+    device: str = runtime_option("auto", "auto | cpu | cuda | cuda:N; the resolved dtype is fingerprinted")
+    dtype: str = output_option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU); "
+                                       "fingerprinted resolved")
+    seed: int = output_option(0, "noise seed: same seed, same mattes")
+    long_side: int = output_option(1024, "model resolution: long side, both sides multiples of 64")
+    segment_len: int = output_option(12, "short segments are padded to this for the model")
+    batch_size: int = runtime_option(1, "segments per forward pass (may move a rare pixel by one 8-bit step)")
+    decode_chunk: int = output_option(12, "VAE decode chunk (frames): the temporal decoder mixes frames "
+                                          "inside a chunk")
+    compile: bool = runtime_option(False, "torch.compile the model parts")
+    posterior: str = output_option("sample", "VAE posterior for the condition latents: sample (seeded, as "
+                                             "released) | mode")
+    encode_chunk: int = runtime_option(0, "VAE encode chunk (images per call); 0 = all frames+masks of a "
+                                          "batch at once (the encoder is per frame)")
+    compile_mode: str = runtime_option("default", "torch.compile mode: default | reduce-overhead | "
+                                                  "max-autotune | max-autotune-no-cudagraphs")
+    compile_parts: str = runtime_option("unet,encoder,decoder", "which parts --compile wraps (comma list)")
+    cudnn_benchmark: bool = runtime_option(False, "torch.backends.cudnn.benchmark on CUDA (cuDNN autotuning)")
+    channels_last: bool = runtime_option(False, "channels-last memory format for the VAE's 2-D convolutions")
+    pin_memory: bool = runtime_option(False, "pinned host buffers + non_blocking uploads (CUDA only)")
+
+
+def is_classified(f) -> bool:
+    """True when a dataclass field says whether it changes output (``fingerprint`` metadata)."""
+    return isinstance(f.metadata.get("fingerprint"), bool)
+
+
+def output_fields(cls=MatterConfig) -> tuple[str, ...]:
+    """Names of the fields of a config dataclass that change output bytes."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get("fingerprint"))
 
 
 class Matter(Protocol):
@@ -50,6 +80,8 @@ class MatterBase:
 
     name = "base"
     deterministic = True
+    #: MatterConfig output options this matter reads (None: all of them); only these join its fingerprint
+    reads: tuple[str, ...] | None = None
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -68,6 +100,26 @@ class MatterBase:
     def describe(self) -> dict:
         """What produced the mattes, for run.json: name, determinism and the matter's settings."""
         return {"name": self.name, "deterministic": self.deterministic, **self.params()}
+
+    def weights_hash(self) -> str | None:
+        """sha256 of the weights the matter loaded (None for matters without weights)."""
+        return None
+
+    def resolved_options(self) -> dict:
+        """Output options with ``auto`` values resolved (override where the config says ``auto``)."""
+        cfg = getattr(self, "cfg", None) or MatterConfig()
+        names = output_fields() if self.reads is None else self.reads
+        return {n: getattr(cfg, n) for n in names}
+
+    def constants(self) -> dict:
+        """Fixed parameters in code that shape the mattes (e.g. a filter radius); default: none."""
+        return {}
+
+    def fingerprint(self) -> dict:
+        """The mattes' identity: name, weights sha256, output options (resolved) and constants.
+        Two runs whose fingerprints are equal write the same mattes."""
+        return {"name": self.name, "weights_sha256": self.weights_hash(), "options": self.resolved_options(),
+                "constants": self.constants()}
 
     @staticmethod
     def check_inputs(frames: np.ndarray, masks: np.ndarray) -> None:

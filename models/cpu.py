@@ -53,6 +53,7 @@ class MaskMatter(MatterBase):
 
     name = "mask"
     deterministic = True
+    reads = ()
 
     def __init__(self, cfg: MatterConfig | None = None):
         self.cfg = cfg or MatterConfig()
@@ -66,6 +67,7 @@ class _BandMatter(MatterBase):
     """Shared frame loop: keep the mask outside the band, fall back to it for tiny or empty masks."""
 
     deterministic = True
+    reads = ()  # no MatterConfig option changes these mattes; their constants do
 
     def __init__(self, cfg: MatterConfig | None = None, band: BandPolicy | None = None):
         self.cfg = cfg or MatterConfig()
@@ -88,6 +90,9 @@ class _BandMatter(MatterBase):
 
     def params(self) -> dict:
         return {"band": asdict(self.band)}
+
+    def constants(self) -> dict:
+        return self.params()
 
 
 class GuidedMatter(_BandMatter):

@@ -261,6 +261,12 @@ class VideoMaMaMatter(MatterBase):
             "cudnn_benchmark": c.cudnn_benchmark, "channels_last": c.channels_last, "pin_memory": c.pin_memory,
         }
 
+    def resolved_options(self) -> dict:
+        opts = super().resolved_options()
+        opts["dtype"] = str(self.dtype).removeprefix("torch.")
+        opts["vae_dtype"] = str(self.vae_dtype).removeprefix("torch.")
+        return opts
+
     def weights_hash(self) -> str:
         """sha256 of the loaded folders' files, computed once (``random-init`` for in-memory modules)."""
         if self._sha256 is None:
