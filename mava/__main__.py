@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    s = sub.add_parser("stats", help="counts, failures, frames, bytes, quality histograms", formatter_class=fmt)
+    s = sub.add_parser("stats", help="counts, failures, frames, bytes, quality histograms (exit 1 when some "
+                       "manifests, markers or run.json are unreadable: they are listed, the rest summarised)",
+                       formatter_class=fmt)
     s.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     s.add_argument("--plot", metavar="FILE.png", help="also write histograms of the quality columns to this PNG")
     s.add_argument("--json", action="store_true", help="print the counts as JSON instead of text")
@@ -60,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from mava.manifest import UnreadableFile
+
+    try:
+        return _run(args)
+    except UnreadableFile as exn:
+        print(f"error: {exn} (`python -m mava verify {args.dir}` lists every damaged file; rerunning the "
+              "job redoes damaged shards)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "stats":
         from mava import stats
 
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             print(stats.render(s))
         if args.plot:
             stats.plot(s, args.plot)
-        return 0
+        return 1 if s.unreadable else 0
     if args.cmd == "query":
         from mava import manifest
 

@@ -17,6 +17,40 @@ from mava import schema
 TABLE = "manifest"  # name of the manifest table in SQL queries
 
 
+class UnreadableFile(ValueError):
+    """A file of the split (manifest, done marker, run.json) that cannot be read or parsed; names it."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _reason(exn: BaseException) -> str:
+    return f"{type(exn).__name__}: {exn}"
+
+
+def read_parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    """One manifest file; any unreadable content (0 bytes, garbage, truncated) is an :class:`UnreadableFile`."""
+    try:
+        with fs.open(path, "rb") as f:
+            raw = f.read()
+        return pq.read_table(pa.BufferReader(raw))
+    except (OSError, pa.ArrowException) as exn:  # ArrowInvalid: not parquet; OSError: I/O
+        raise UnreadableFile(path, f"unreadable manifest ({_reason(exn)})") from exn
+
+
+def read_json_file(fs: fsspec.AbstractFileSystem, path: str) -> dict:
+    """A JSON object file (done marker, run.json); unreadable or not an object -> :class:`UnreadableFile`."""
+    try:
+        with fs.open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exn:
+        raise UnreadableFile(path, f"unreadable JSON ({_reason(exn)})") from exn
+    if not isinstance(doc, dict):
+        raise UnreadableFile(path, f"JSON is a {type(doc).__name__}, expected an object")
+    return doc
+
+
 @dataclass
 class SplitDir:
     """An ``<out>/<split>`` folder addressed by a local path or any fsspec URL."""
@@ -65,22 +99,43 @@ class SplitDir:
         return self.glob(schema.SHARDS_GLOB)
 
     def run_info(self) -> dict | None:
+        """run.json, or None when there is none; an unreadable one raises :class:`UnreadableFile`."""
         p = self.path(schema.RUN_JSON)
         if not self.fs.exists(p):
             return None
-        with self.fs.open(p, "rb") as f:
-            return json.load(f)
+        return read_json_file(self.fs, p)
 
     def read_manifest(self) -> pa.Table:
-        """All manifest rows of the split, in shard order, with MANIFEST_SCHEMA."""
-        files = self.manifest_files()
-        if not files:
-            return MANIFEST_EMPTY
-        tables = []
-        for p in files:
-            with self.fs.open(p, "rb") as f:
-                tables.append(pq.read_table(f))
-        return pa.concat_tables(tables, promote_options="default")
+        """All manifest rows of the split, in shard order, with MANIFEST_SCHEMA.
+
+        Raises :class:`UnreadableFile` naming the first manifest that cannot be read."""
+        table, bad = self.read_manifest_checked()
+        if bad:
+            raise bad[0]
+        return table
+
+    def read_manifest_checked(self) -> tuple[pa.Table, list[UnreadableFile]]:
+        """The rows of every readable manifest, and the unreadable ones (never raises for content).
+
+        A parquet file whose columns are not MANIFEST_SCHEMA's counts as unreadable."""
+        tables, bad = [], []
+        for p in self.manifest_files():
+            try:
+                t = read_parquet_file(self.fs, p)
+            except UnreadableFile as exn:
+                bad.append(exn)
+                continue
+            if t.schema.names != list(schema.MANIFEST_COLUMNS):
+                bad.append(UnreadableFile(p, f"manifest columns {t.schema.names} are not MANIFEST_SCHEMA's"))
+                continue
+            if not t.schema.equals(schema.MANIFEST_SCHEMA, check_metadata=False):
+                try:
+                    t = t.cast(schema.MANIFEST_SCHEMA)
+                except (pa.ArrowException, ValueError) as exn:
+                    bad.append(UnreadableFile(p, f"manifest types differ from MANIFEST_SCHEMA ({_reason(exn)})"))
+                    continue
+            tables.append(t)
+        return (pa.concat_tables(tables) if tables else MANIFEST_EMPTY), bad
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A duckdb connection where the manifest is the table ``manifest``."""

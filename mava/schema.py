@@ -158,3 +158,20 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("num_members", pa.int32()),
 ])
 MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)
+
+# --- run record and users' formats (added for issue 13 / issue 9's verify; nothing above changed) -------
+
+# run.json keys read by mava (written by pipeline/run.py)
+RUN_NUM_SHARDS = "num_shards"              # size of the shard plan: shards 0..num_shards-1 are expected
+RUN_MATTER = "matter"                      # the matter's describe()
+RUN_FINGERPRINT = "fingerprint"            # the mattes' identity (name, weights sha256, output options, ...)
+RUN_CHECKPOINT_SHA256 = "checkpoint_sha256"
+RUN_CODE_VERSION = "code_version"
+RUN_CONFIG = "config"                      # the job config as run (dataclasses.asdict)
+RUN_FINISHED_AT = "finished_at"
+MARKER_FINGERPRINT = "fingerprint"         # the same identity, per shard, in a done marker (when recorded)
+
+#: Hugging Face ``datasets`` webdataset builder: one column per member extension (``alpha.03.png``),
+#: plus these two for the sample key and the shard URL.
+HF_KEY_COLUMN = "__key__"
+HF_URL_COLUMN = "__url__"

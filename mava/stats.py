@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mava import schema
-from mava.manifest import SplitDir, as_split
+from mava.manifest import SplitDir, UnreadableFile, as_split, read_json_file
 
 QUALITY_COLUMNS = ("mean_alpha", "semi_fraction", "mask_iou")
 BINS = np.linspace(0.0, 1.0, 11)
@@ -29,11 +29,36 @@ class SplitStats:
     matters: dict[str, int]
     sources: dict[str, int]
     quality: dict[str, np.ndarray] = field(default_factory=dict)  # column -> values of ok rows
+    done: int = 0                   # readable done markers
+    planned: int | None = None      # plan size from run.json (None: not recorded or unreadable)
+    unreadable: list[str] = field(default_factory=list)  # "path: reason" of files that could not be read
+
+
+def _markers_and_plan(split: SplitDir) -> tuple[int, int | None, list[str]]:
+    done, bad = 0, []
+    for p in split.done_files():
+        try:
+            read_json_file(split.fs, p)
+            done += 1
+        except UnreadableFile as exn:
+            bad.append(str(exn))
+    planned = None
+    try:
+        info = split.run_info() or {}
+        n = info.get(schema.RUN_NUM_SHARDS)
+        planned = n if isinstance(n, int) and not isinstance(n, bool) else None
+    except UnreadableFile as exn:
+        bad.append(str(exn))
+    return done, planned, bad
 
 
 def compute(split_dir: str | SplitDir) -> SplitStats:
+    """Summarise the readable part of a split; unreadable manifests, markers and run.json are listed
+    in ``unreadable`` (never raised)."""
     split = as_split(split_dir)
-    t = split.read_manifest().to_pydict()
+    table, bad_manifests = split.read_manifest_checked()
+    t = table.to_pydict()
+    done, planned, bad = _markers_and_plan(split)
     status = t["status"]
     ok = [i for i, s in enumerate(status) if s == schema.STATUS_OK]
     failed = [i for i, s in enumerate(status) if s != schema.STATUS_OK]
@@ -46,7 +71,7 @@ def compute(split_dir: str | SplitDir) -> SplitStats:
         tar_bytes=tar_bytes, sample_bytes=int(sum(t["tar_size"][i] or 0 for i in ok)),
         matters=dict(Counter(t["matter"][i] or "none" for i in ok).most_common()),
         sources=dict(Counter(t["source"][i] or "none" for i in ok).most_common()),
-        quality=quality)
+        quality=quality, done=done, planned=planned, unreadable=[str(e) for e in bad_manifests] + bad)
 
 
 def _human(n: float) -> str:
@@ -70,7 +95,8 @@ def text_histogram(values: np.ndarray, width: int = 40) -> list[str]:
 
 def render(s: SplitStats) -> str:
     """The text report of `python -m mava stats`."""
-    out = [f"split {s.split}: {s.shards} shards, {s.videos} videos",
+    plan = f" of {s.planned} planned" if s.planned is not None else ""
+    out = [f"split {s.split}: {s.shards} shards with readable manifests, {s.done} done{plan}, {s.videos} videos",
            f"samples: {s.samples} planned, {s.ok} ok, {s.failed} failed"]
     for k, v in s.failures.items():
         out.append(f"  failed {k}: {v}")
@@ -86,6 +112,10 @@ def render(s: SplitStats) -> str:
             out += text_histogram(v)
         else:
             out.append(f"{c}: no values")
+    if s.unreadable:
+        out.append(f"UNREADABLE ({len(s.unreadable)} files, left out of the figures above; "
+                   "`python -m mava verify` checks the split):")
+        out += [f"  {u}" for u in s.unreadable]
     return "\n".join(out)
 
 

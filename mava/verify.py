@@ -7,14 +7,14 @@ import io
 import json
 import logging
 import posixpath
+import tarfile
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
 from mava import schema
-from mava.manifest import SplitDir, as_split
+from mava.manifest import SplitDir, UnreadableFile, as_split, read_json_file, read_parquet_file
 from mava.sample import SampleFormatError, TarEntry, scan_tar
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ class VerifyReport:
     failed_rows: int = 0
     samples_checked: int = 0
     pngs_checked: int = 0
+    planned: int | None = None      # plan size from run.json, when recorded
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be checked (not a failure)
 
     @property
     def passed(self) -> bool:
@@ -49,11 +51,14 @@ class VerifyReport:
         self.problems.append(Problem(kind, shard, key, detail))
 
     def summary(self) -> str:
-        head = (f"{self.shards} shards, {self.ok_rows} ok rows, {self.failed_rows} failed rows, "
+        plan = f" of {self.planned} planned" if self.planned is not None else ""
+        notes = "".join(f"\nnote: {n}" for n in self.notes)
+        head = (f"{self.shards} shards{plan}, {self.ok_rows} ok rows, {self.failed_rows} failed rows, "
                 f"{self.samples_checked} samples and {self.pngs_checked} PNGs checked: ")
         if self.passed:
-            return head + "OK"
-        return head + f"{len(self.problems)} problem(s)\n" + "\n".join(f"  {p}" for p in self.problems)
+            return head + "OK" + notes
+        return (head + f"{len(self.problems)} problem(s)\n" + "\n".join(f"  {p}" for p in self.problems)
+                + notes)
 
 
 class _HashingReader(io.RawIOBase):
@@ -101,8 +106,11 @@ def _check_members(rep: VerifyReport, shard: str, e: TarEntry, row: dict, full: 
     h, w = row["height"], row["width"]
     try:
         meta = json.loads(e.members[schema.META_EXT]) if schema.META_EXT in e.members else None
-    except json.JSONDecodeError as exn:
+    except ValueError as exn:  # JSONDecodeError, UnicodeDecodeError
         rep.add("json", shard, key, f"metadata does not parse: {exn}")
+        meta = None
+    if meta is not None and not isinstance(meta, dict):
+        rep.add("json", shard, key, f"metadata is a {type(meta).__name__}, expected an object")
         meta = None
     if meta is not None:
         absent = [f for f in schema.META_FIELDS if f not in meta]
@@ -135,15 +143,59 @@ def _check_members(rep: VerifyReport, shard: str, e: TarEntry, row: dict, full: 
             rep.add("size", shard, key, f"{ext} is {im.size[0]}x{im.size[1]}, manifest says {w}x{h}")
 
 
-def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: str, marker: dict | None,
-                 full: bool) -> None:
-    with split.fs.open(manifest_path, "rb") as f:
-        raw = f.read()
-    table = pq.read_table(io.BytesIO(raw))
-    if table.schema.names != list(schema.MANIFEST_COLUMNS) or not table.schema.equals(
-            schema.MANIFEST_SCHEMA, check_metadata=False):
+def _scan_shard(rep: VerifyReport, split: SplitDir, shard: str, ok: dict[str, dict] | None, failed: set[str],
+                full: bool) -> tuple[set[str], str | None, int | None]:
+    """Walk a shard's tar checking every sample against its ok row (`ok` None: the manifest is unreadable,
+    only read the tar); (keys seen, sha256, size), no hash when the tar is missing. An unreadable tar (garbage, 0 bytes, truncated) is a problem, not a crash."""
+    tar_path = split.shard_path(shard)
+    seen: set[str] = set()
+    if not split.fs.exists(tar_path):
+        rep.add("missing-shard", shard, None, f"no shard tar {tar_path}")
+        return seen, None, None
+    prev = None
+    with split.fs.open(tar_path, "rb") as f:
+        hr = _HashingReader(f)
+        try:
+            for e in scan_tar(io.BufferedReader(hr, 1 << 20)):
+                if e.key in seen:
+                    rep.add("members", shard, e.key, "sample members not contiguous (key seen twice)")
+                if prev is not None and e.key < prev:
+                    rep.add("order", shard, e.key, f"sample after {prev}: shard not in key order")
+                prev = e.key
+                seen.add(e.key)
+                rep.samples_checked += 1
+                if ok is None:  # no readable manifest: only check that the tar reads
+                    continue
+                if e.key not in ok:
+                    what = "a failed row" if e.key in failed else "no manifest row"
+                    rep.add("orphan-sample", shard, e.key, f"sample in tar has {what}")
+                    continue
+                _check_members(rep, shard, e, ok[e.key], full)
+        except (OSError, EOFError, tarfile.TarError, SampleFormatError) as exn:
+            rep.add("tar", shard, None, f"{tar_path} does not read to the end: {type(exn).__name__}: {exn}")
+        # drain the rest (end-of-archive blocks, or what a failed scan left) so the hash covers the file
+        while hr.read(1 << 20):
+            pass
+    return seen, hr.sha.hexdigest(), hr.n
+
+
+def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: str | None,
+                 marker: dict | None, full: bool) -> None:
+    """Check one shard: its manifest (when readable), its tar sample by sample, and its done marker."""
+    raw = table = None
+    if manifest_path is not None:
+        try:
+            with split.fs.open(manifest_path, "rb") as f:
+                raw = f.read()
+            table = read_parquet_file(split.fs, manifest_path)
+        except (OSError, UnreadableFile) as exn:
+            rep.add("manifest", shard, None, str(exn) if isinstance(exn, UnreadableFile)
+                    else f"{manifest_path}: {type(exn).__name__}: {exn}")
+    if table is not None and (table.schema.names != list(schema.MANIFEST_COLUMNS) or not table.schema.equals(
+            schema.MANIFEST_SCHEMA, check_metadata=False)):
         rep.add("schema", shard, None, "manifest schema differs from MANIFEST_SCHEMA")
-    rows = table.to_pylist()
+        table = None
+    rows = table.to_pylist() if table is not None else []
     ok = {r["key"]: r for r in rows if r["status"] == schema.STATUS_OK}
     failed = {r["key"] for r in rows if r["status"] != schema.STATUS_OK}
     rep.ok_rows += len(ok)
@@ -151,73 +203,87 @@ def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: 
     for r in rows:
         if r["shard"] != shard:
             rep.add("manifest", shard, r["key"], f"row says shard {r['shard']}")
-    tar_path = split.shard_path(shard)
-    seen: set[str] = set()
-    sha = None
-    if not split.fs.exists(tar_path):
-        rep.add("missing-shard", shard, None, "manifest without shard tar")
+    n_problems = len(rep.problems)
+    seen, sha, size = _scan_shard(rep, split, shard, ok if table is not None else None, failed, full)
+    unseen = sorted(set(ok) - seen)
+    tar_broken = any(p.kind == "tar" for p in rep.problems[n_problems:])
+    if tar_broken and unseen:  # one line, not one per sample past the damage
+        rep.add("missing-sample", shard, None, f"{len(unseen)} ok rows not reached in the damaged tar "
+                f"(first: {unseen[0]})")
     else:
-        prev = None
-        with split.fs.open(tar_path, "rb") as f:
-            hr = _HashingReader(f)
-            try:
-                for e in scan_tar(io.BufferedReader(hr, 1 << 20)):
-                    if e.key in seen:
-                        rep.add("members", shard, e.key, "sample members not contiguous (key seen twice)")
-                    if prev is not None and e.key < prev:
-                        rep.add("order", shard, e.key, f"sample after {prev}: shard not in key order")
-                    prev = e.key
-                    seen.add(e.key)
-                    rep.samples_checked += 1
-                    if e.key not in ok:
-                        what = "a failed row" if e.key in failed else "no manifest row"
-                        rep.add("orphan-sample", shard, e.key, f"sample in tar has {what}")
-                        continue
-                    _check_members(rep, shard, e, ok[e.key], full)
-                # drain the rest (end-of-archive blocks) so the hash covers the file
-                while hr.read(1 << 20):
-                    pass
-            except (OSError, EOFError, SampleFormatError) as exn:
-                rep.add("tar", shard, None, f"tar does not read to the end: {exn}")
-        sha = hr.sha.hexdigest()
-    for key in sorted(set(ok) - seen):
-        rep.add("missing-sample", shard, key, "ok row without its sample in the shard")
+        for key in unseen:
+            rep.add("missing-sample", shard, key, "ok row without its sample in the shard")
     if marker is not None:
-        n_ok, n_failed = len(ok), len(failed)
-        checks = {schema.MARKER_OK: n_ok, schema.MARKER_FAILED: n_failed, schema.MARKER_SAMPLES: n_ok + n_failed,
-                  schema.MARKER_TAR_SHA256: sha, schema.MARKER_MANIFEST_SHA256: hashlib.sha256(raw).hexdigest()}
+        checks = {schema.MARKER_TAR_SHA256: sha, schema.MARKER_TAR_BYTES: size}
+        if table is not None:
+            checks |= {schema.MARKER_OK: len(ok), schema.MARKER_FAILED: len(failed),
+                       schema.MARKER_SAMPLES: len(ok) + len(failed)}
+        if raw is not None:
+            checks[schema.MARKER_MANIFEST_SHA256] = hashlib.sha256(raw).hexdigest()
         for k, v in checks.items():
             if k in marker and v is not None and marker[k] != v:
                 rep.add("marker", shard, None, f"done marker {k}={marker[k]!r} but found {v!r}")
 
 
+def _planned_shards(rep: VerifyReport, split: SplitDir) -> int | None:
+    """The plan size recorded in run.json (None when it cannot be known: a problem or a note)."""
+    try:
+        info = split.run_info()
+    except UnreadableFile as exn:
+        rep.add("run-json", split.split, None, str(exn))
+        return None
+    if info is None:
+        rep.add("run-json", split.split, None, f"no {schema.RUN_JSON}: the run never finished (or was started by a "
+                "version that writes it later); planned shards cannot be checked")
+        return None
+    n = info.get(schema.RUN_NUM_SHARDS)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        rep.notes.append(f"{schema.RUN_JSON} has no usable {schema.RUN_NUM_SHARDS!r} ({n!r}): "
+                         "missing shards not checked")
+        return None
+    return n
+
+
 def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False) -> VerifyReport:
-    """Check every shard of a split; `full` also decodes every JPEG (PNGs are always decoded)."""
+    """Check every shard of a split; `full` also decodes every JPEG (PNGs are always decoded).
+
+    Never raises for damaged content: unreadable manifests, markers, tars and run.json are problems,
+    and so are planned shards (run.json ``num_shards``) without a done marker."""
     split = as_split(split_dir)
     rep = VerifyReport()
     manifests = {_stem(p): p for p in split.manifest_files()}
     markers = {_stem(p): p for p in split.done_files()}
     tars = {_stem(p) for p in split.shard_files()}
+    planned = _planned_shards(rep, split)
+    if planned is not None:
+        rep.planned = planned
+        missing = [schema.shard_name(split.split, i) for i in range(planned)
+                   if schema.shard_name(split.split, i) not in markers]
+        for s in missing:
+            what = "unfinished: manifest without done marker" if s in manifests else "no done marker"
+            rep.add("missing-shard", s, None, f"planned shard ({schema.RUN_NUM_SHARDS}={planned} in "
+                    f"{schema.RUN_JSON}) is not complete: {what}")
     for s in sorted(set(markers) - set(manifests)):
         rep.add("marker", s, None, "done marker without manifest")
     for s in sorted(set(manifests) - set(markers)):
-        rep.add("marker", s, None, "manifest without done marker (unfinished shard)")
-    for s in sorted(tars - set(manifests)):
-        rep.add("orphan-shard", s, None, "shard tar without manifest")
-    if not manifests:
+        if planned is None or s not in {schema.shard_name(split.split, i) for i in range(planned)}:
+            rep.add("marker", s, None, "manifest without done marker (unfinished shard)")
+    for s in sorted(tars - set(manifests) - set(markers)):
+        rep.add("orphan-shard", s, None, "shard tar without manifest or done marker")
+    if not manifests and not markers:
         rep.add("empty", split.url, None, "no manifests found")
-    all_keys: dict[str, str] = {}
-    for s in tqdm(sorted(manifests), desc="verify", disable=not progress):
+    for s in tqdm(sorted(set(manifests) | set(markers)), desc="verify", disable=not progress):
         rep.shards += 1
         marker = None
         if s in markers:
-            with split.fs.open(markers[s], "rb") as f:
-                try:
-                    marker = json.load(f)
-                except json.JSONDecodeError as exn:
-                    rep.add("marker", s, None, f"done marker does not parse: {exn}")
-        verify_shard(rep, split, s, manifests[s], marker, full)
-    for r in split.read_manifest().select(["key", "shard"]).to_pylist():
+            try:
+                marker = read_json_file(split.fs, markers[s])
+            except UnreadableFile as exn:
+                rep.add("marker", s, None, str(exn))
+        verify_shard(rep, split, s, manifests.get(s), marker, full)
+    all_keys: dict[str, str] = {}
+    table, _ = split.read_manifest_checked()  # unreadable ones were reported per shard above
+    for r in table.select(["key", "shard"]).to_pylist():
         if r["key"] in all_keys:
             rep.add("duplicate-key", r["shard"], r["key"], f"key also in {all_keys[r['key']]}")
         all_keys[r["key"]] = r["shard"]
