@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,7 +27,8 @@ from webdataset import tariterators
 
 from mava import manifest as mf
 from mava.sample import (
-    SampleFormatError, decode_sample, member_map, parse_member_bytes, read_meta, read_sample_bytes,
+    DECODE_ERRORS, SampleError, decode_sample, member_map, parse_member_bytes, read_meta,
+    read_sample_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -117,12 +119,17 @@ def transform(t: dict[str, torch.Tensor], cfg: ClipConfig, rng: np.random.Genera
     return out
 
 
-def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int = 0) -> dict:
-    """Decode and transform one sample (members ext -> bytes) into a clip dict."""
+def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int = 0, shard: str | None = None) -> dict:
+    """Decode and transform one sample (members ext -> bytes) into a clip dict.
+
+    A damaged sample raises :class:`SampleError` naming the key, `shard` and member."""
     rng = clip_rng(cfg.seed, epoch, key)
-    n = int(read_meta(ext_map)["num_frames"])
+    n = int(read_meta(ext_map, key, shard)["num_frames"])
     idx = choose_indices(n, cfg.clip_len, rng)
-    s = decode_sample(key, ext_map, idx, cfg.fields)
+    s = decode_sample(key, ext_map, idx, cfg.fields, shard=shard)
+    shapes = {x.shape[1:3] for x in (s.frames, s.alpha, s.masks) if x is not None}
+    if len(shapes) > 1:
+        raise SampleError(key, shard, None, f"frames, alpha and masks of different sizes {sorted(shapes)}")
     t: dict[str, torch.Tensor] = {}
     if s.frames is not None:
         t["frames"] = torch.from_numpy(s.frames).permute(0, 3, 1, 2)
@@ -139,6 +146,77 @@ def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int =
         t["frames"] = t["frames"].float() / 255.0
     return {"key": key, "video_id": s.meta["video_id"], "masklet_id": int(s.meta["masklet_id"]),
             "indices": torch.tensor(idx, dtype=torch.long), **t}
+
+
+# --- bad samples ----------------------------------------------------------------------------------
+
+ON_ERROR = ("raise", "skip")
+
+
+class SharedCount:
+    """A counter shared by a dataset and its DataLoader worker processes (fork or spawn).
+
+    Pickled while a worker process is being started, it stays shared; pickled any other way (a copy,
+    another framework), the copy counts on its own.
+    """
+
+    def __init__(self, value: int = 0):
+        import multiprocessing as mp
+
+        self._v = mp.Value("q", value)
+
+    @property
+    def value(self) -> int:
+        return int(self._v.value)
+
+    def add(self, n: int = 1) -> None:
+        with self._v.get_lock():
+            self._v.value += n
+
+    def __getstate__(self) -> dict:
+        from multiprocessing.context import get_spawning_popen
+
+        return {"v": self._v} if get_spawning_popen() is not None else {"local": self.value}
+
+    def __setstate__(self, state: dict) -> None:
+        if "v" in state:
+            self._v = state["v"]
+        else:
+            self.__init__(state["local"])
+
+
+class _BadSamples:
+    """The on_error policy of a loader: raise, or skip, count (``bad_samples``) and log."""
+
+    def __init__(self, on_error: str):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
+        self._bad = SharedCount()
+        self._epoch_start = 0
+
+    @property
+    def bad_samples(self) -> int:
+        """Samples skipped so far (all epochs, all DataLoader workers)."""
+        return self._bad.value
+
+    def _skip(self, exn: Exception, epoch: int) -> None:
+        """Count and log one bad sample, or re-raise it under on_error='raise'."""
+        if self.on_error == "raise":
+            raise exn
+        self._bad.add()
+        log.warning("epoch %d: skipped bad sample: %s", epoch, exn)
+
+    def _log_epoch(self, epoch: int, skipped: int, who: str) -> None:
+        if skipped:
+            log.warning("epoch %d: %d bad sample(s) skipped %s (on_error='skip')", epoch, skipped, who)
+
+    def set_epoch(self, epoch: int) -> None:
+        total = self.bad_samples
+        if epoch != self.epoch:
+            self._log_epoch(self.epoch, total - self._epoch_start, "in all workers")
+        self._epoch_start = total
+        self.epoch = epoch
 
 
 # --- streaming ------------------------------------------------------------------------------------
@@ -164,18 +242,24 @@ def fsspec_opener(data: Iterator[dict], handler=wds.reraise_exception) -> Iterat
             f.close()
 
 
-class StreamingClips(torch.utils.data.IterableDataset):
+class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
     """Streams clips from the shards of a split: WebDataset stages with shard shuffling (same
     permutation on every node), ``split_by_node`` and ``split_by_worker`` over shards, an optional
     key filter (e.g. from a manifest query), a seeded sample shuffle buffer, then decoding.
 
     Call ``set_epoch(e)`` before each epoch to change the shuffles (DataLoader workers re-pickle
     the dataset each epoch unless persistent).
+
+    ``on_error="raise"`` (default): a damaged sample raises :class:`~mava.sample.SampleError` naming its
+    key, shard and member. ``"skip"``: it is skipped, logged, and counted in ``bad_samples`` (summed
+    over workers; each worker logs its epoch's count when its shards are done). A tar that cannot be
+    read to its end counts once, and its remaining samples are lost for the epoch.
     """
 
     def __init__(self, split_dir: str | mf.SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
-                 epoch: int = 0):
+                 epoch: int = 0, on_error: str = "raise"):
+        _BadSamples.__init__(self, on_error)
         self.split = mf.as_split(split_dir)
         self.cfg = cfg or ClipConfig()
         if query is not None:
@@ -187,9 +271,6 @@ class StreamingClips(torch.utils.data.IterableDataset):
             raise FileNotFoundError(f"no shards under {self.split.url}")
         self.shuffle_shards = shuffle_shards
         self.shuffle_buffer = shuffle_buffer
-        self.epoch = epoch
-
-    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _shard_list(self) -> Iterator[dict]:
@@ -219,10 +300,26 @@ class StreamingClips(torch.utils.data.IterableDataset):
         yield from buf
 
     def _decode(self, data: Iterator[dict]) -> Iterator[dict]:
+        skipped = 0
         for s in data:
             key = s["__key__"]
             ext_map = {k: v for k, v in s.items() if not k.startswith("__")}
-            yield make_clip(key, ext_map, self.cfg, self.epoch)
+            try:
+                clip = make_clip(key, ext_map, self.cfg, self.epoch, shard=s.get("__url__"))
+            except SampleError as exn:
+                self._skip(exn, self.epoch)
+                skipped += 1
+                continue
+            yield clip
+        _, _, worker, workers = wds.utils.pytorch_worker_info()
+        self._log_epoch(self.epoch, skipped, f"by worker {worker} of {workers}")
+
+    def _tar_error(self, exn: Exception) -> bool:
+        """webdataset handler for a tar that does not read: name it, then raise or skip (count once)."""
+        url = next((a for a in exn.args if isinstance(a, str) and "://" in a), None)
+        err = SampleError("?", url, None, f"shard does not read to its end: {type(exn).__name__}: {exn}")
+        self._skip(err, self.epoch)
+        return True
 
     def pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(
@@ -230,7 +327,7 @@ class StreamingClips(torch.utils.data.IterableDataset):
             wds.split_by_node,
             wds.split_by_worker,
             fsspec_opener,
-            tariterators.tar_file_expander,
+            lambda src: tariterators.tar_file_expander(src, handler=self._tar_error),
             tariterators.group_by_keys,
             self._filter,
             self._shuffle,
@@ -244,15 +341,21 @@ class StreamingClips(torch.utils.data.IterableDataset):
 # --- random access --------------------------------------------------------------------------------
 
 
-class RandomAccessClips(torch.utils.data.Dataset):
+class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
     """Map-style dataset: item i = one ok manifest row, read with one ranged read at
     (tar_offset, tar_size) of its shard through fsspec; no scan of the tar.
 
     ``bytes_read`` counts bytes fetched by this process (per worker under a DataLoader).
+
+    ``on_error="raise"`` (default): a damaged sample raises :class:`~mava.sample.SampleError` naming its
+    key, shard and member. ``"skip"``: item i is replaced by the next readable item (i+1, i+2, ...,
+    wrapping), so batches keep their size; each bad one is logged and counted in ``bad_samples``
+    (summed over workers; ``set_epoch`` logs the finished epoch's count).
     """
 
     def __init__(self, split_dir: str | mf.SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
-                 query: str | None = None, epoch: int = 0):
+                 query: str | None = None, epoch: int = 0, on_error: str = "raise"):
+        _BadSamples.__init__(self, on_error)
         self.split = mf.as_split(split_dir)
         self.cfg = cfg or ClipConfig()
         if query is not None:
@@ -264,23 +367,37 @@ class RandomAccessClips(torch.utils.data.Dataset):
         self.epoch = epoch
         self.bytes_read = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.rows)
 
     def raw(self, i: int) -> dict[str, bytes]:
-        """Members (ext -> bytes) of item i."""
+        """Members (ext -> bytes) of item i; a byte range that does not parse is a SampleError."""
         r = self.rows[i]
+        path = self.split.shard_path(r["shard"])
         if r["tar_offset"] is None or r["tar_size"] is None:
-            raise SampleFormatError(f"{r['key']}: manifest row has no byte range")
-        buf = read_sample_bytes(self.split.fs, self.split.shard_path(r["shard"]), r["tar_offset"], r["tar_size"])
-        self.bytes_read += len(buf)
-        return member_map(parse_member_bytes(buf), r["key"])
+            raise SampleError(r["key"], self.split.shard_url(r["shard"]), None, "manifest row has no byte range")
+        try:
+            buf = read_sample_bytes(self.split.fs, path, r["tar_offset"], r["tar_size"])
+            self.bytes_read += len(buf)
+            return member_map(parse_member_bytes(buf), r["key"])
+        except SampleError:
+            raise
+        except (*DECODE_ERRORS, tarfile.TarError, EOFError) as exn:  # incl. SampleFormatError, short reads
+            raise SampleError(r["key"], self.split.shard_url(r["shard"]), None, f"byte range {r['tar_offset']}+{r['tar_size']} does not "
+                              f"read: {type(exn).__name__}: {exn}") from exn
+
+    def _get(self, i: int) -> dict:
+        r = self.rows[i]
+        return make_clip(r["key"], self.raw(i), self.cfg, self.epoch, shard=self.split.shard_url(r["shard"]))
 
     def __getitem__(self, i: int) -> dict:
-        return make_clip(self.rows[i]["key"], self.raw(i), self.cfg, self.epoch)
+        for k in range(len(self.rows)):
+            j = (i + k) % len(self.rows)
+            try:
+                return self._get(j)
+            except SampleError as exn:
+                self._skip(exn, self.epoch)
+        raise SampleError("*", self.split.url, None, f"no readable sample among {len(self.rows)}")
 
     def by_key(self, key: str) -> dict:
         return self[self.index[key]]

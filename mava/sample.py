@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -17,6 +18,33 @@ from mava import schema
 
 class SampleFormatError(ValueError):
     """A sample's members do not follow the MA-V contract."""
+
+
+class SampleError(SampleFormatError):
+    """A sample that cannot be read or decoded; says which key, shard and member."""
+
+    def __init__(self, key: str, shard: str | None, member: str | None, cause: str):
+        where = f"sample {key} in shard {shard or '?'}"
+        what = f"member {key}.{member}" if member else "sample"
+        super().__init__(f"{where}: {what}: {cause}")
+        self.key, self.shard, self.member, self.cause = key, shard, member, cause
+
+
+#: what decoding a damaged member raises (PIL: OSError/UnidentifiedImageError/SyntaxError; json and
+#: pycocotools: ValueError; zlib inside PIL: zlib.error; a missing member: KeyError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, TypeError, IndexError, zlib.error)
+
+
+def _member(key: str, ext: str, ext_map: dict[str, bytes], decode, shard: str | None):
+    """decode(ext_map[ext]), turning any decoding error into a SampleError naming key, shard and member."""
+    if ext not in ext_map:
+        raise SampleError(key, shard, ext, "member missing")
+    try:
+        return decode(ext_map[ext])
+    except SampleError:
+        raise
+    except DECODE_ERRORS as exn:
+        raise SampleError(key, shard, ext, f"{type(exn).__name__}: {exn}") from exn
 
 
 class MissingFramesError(SampleFormatError):
@@ -122,16 +150,25 @@ def has_frames(ext_map: dict[str, bytes]) -> bool:
     return schema.frame_ext(0) in ext_map
 
 
-def read_meta(ext_map: dict[str, bytes]) -> dict:
-    if schema.META_EXT not in ext_map:
-        raise SampleFormatError("sample without metadata json")
-    return json.loads(ext_map[schema.META_EXT])
+def _meta(data: bytes) -> dict:
+    meta = json.loads(data)
+    if not isinstance(meta, dict) or "num_frames" not in meta:
+        raise ValueError("not a sample metadata object (no num_frames)")
+    int(meta["num_frames"])
+    return meta
+
+
+def read_meta(ext_map: dict[str, bytes], key: str = "?", shard: str | None = None) -> dict:
+    """The sample's metadata json; a SampleError (naming key, shard, member) when absent or garbled."""
+    return _member(key, schema.META_EXT, ext_map, _meta, shard)
 
 
 def decode_sample(key: str, ext_map: dict[str, bytes], indices: list[int] | None = None,
-                  fields: tuple[str, ...] = ("frames", "alpha", "mask")) -> Sample:
-    """Decode the requested `fields` (frames, alpha, mask) at frame positions `indices` (default: all)."""
-    meta = read_meta(ext_map)
+                  fields: tuple[str, ...] = ("frames", "alpha", "mask"), shard: str | None = None) -> Sample:
+    """Decode the requested `fields` (frames, alpha, mask) at frame positions `indices` (default: all).
+
+    A damaged or missing member raises :class:`SampleError` naming the key, `shard` and member."""
+    meta = read_meta(ext_map, key, shard)
     n = int(meta["num_frames"])
     idx = list(range(n)) if indices is None else [int(i) for i in indices]
     if any(i < 0 or i >= n for i in idx):
@@ -142,13 +179,27 @@ def decode_sample(key: str, ext_map: dict[str, bytes], indices: list[int] | None
             raise MissingFramesError(
                 f"sample {key} has no frame JPEGs (written with --frames none); "
                 "request only alpha/mask fields or rerun the pipeline with frames")
-        frames = np.stack([decode_jpeg(ext_map[schema.frame_ext(i)]) for i in idx])
+        frames = _stack(key, shard, [_member(key, schema.frame_ext(i), ext_map, decode_jpeg, shard) for i in idx])
     if "alpha" in fields:
-        alpha = np.stack([decode_png_alpha(ext_map[schema.alpha_ext(i)]) for i in idx])
+        alpha = _stack(key, shard, [_member(key, schema.alpha_ext(i), ext_map, decode_png_alpha, shard)
+                                    for i in idx])
     if "mask" in fields:
-        rles = meta["mask_rles"]
-        masks = np.stack([decode_rle(rles[i]) for i in idx])
+        masks = _stack(key, shard, [_mask(key, meta, i, shard) for i in idx])
     return Sample(key, meta, idx, alpha, frames, masks)
+
+
+def _mask(key: str, meta: dict, i: int, shard: str | None) -> np.ndarray:
+    try:
+        return decode_rle(meta["mask_rles"][i])
+    except DECODE_ERRORS as exn:
+        raise SampleError(key, shard, schema.META_EXT, f"mask_rles[{i}]: {type(exn).__name__}: {exn}") from exn
+
+
+def _stack(key: str, shard: str | None, arrays: list[np.ndarray]) -> np.ndarray:
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise SampleError(key, shard, None, f"frames of different sizes {shapes}")
+    return np.stack(arrays)
 
 
 def read_sample_bytes(fs, shard_path: str, offset: int, size: int) -> bytes:
