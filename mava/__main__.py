@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from mava import degrade
+from mava import degrade, schema
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overall-only", action="store_true", help="print only the overall rows")
     e.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = sub.add_parser("card", help="Hugging Face dataset card (README.md): YAML header, provenance, counts, "
+                       "figures (PNG beside it), how to load", formatter_class=fmt)
+    c.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    c.add_argument("--out", required=True, metavar="README.md",
+                   help="where to write the card (figures go to figures/ beside it)")
+    c.add_argument("--figures-dir", default=None, help="where to write the figures (default: figures/ beside --out)")
+    c.add_argument("--previews", type=int, default=4, help="samples shown in the contact sheet (0: none)")
+    c.add_argument("--data-path", default=None,
+                   help="shard glob as seen from the card (the Hub repo root); default: relative path from --out "
+                        f"to the split's {schema.SHARDS_GLOB} when both are local, else {schema.SHARDS_GLOB}")
+    c.add_argument("--pretty-name", default=None, help="the card's pretty_name (default: 'MA-V <split>')")
     return p
 
 
@@ -112,6 +123,13 @@ def _run(args: argparse.Namespace) -> int:
 
         preview.preview(args.dir, args.key, args.out, video=args.video, tile=args.tile)
         print(args.out + (f" {args.video}" if args.video else ""))
+        return 0
+    if args.cmd == "card":
+        from mava import card
+
+        c = card.write(args.dir, args.out, figures_dir=args.figures_dir, n_previews=args.previews,
+                       data_path=args.data_path, pretty_name=args.pretty_name)
+        print(" ".join([args.out, *c.figures.values()]))
         return 0
     if args.cmd == "eval":
         from mava import eval as ev

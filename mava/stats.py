@@ -119,8 +119,9 @@ def render(s: SplitStats) -> str:
     return "\n".join(out)
 
 
-def plot(s: SplitStats, path: str) -> None:
-    """Histograms of the quality columns and the failure counts, as one PNG (matplotlib Agg)."""
+def plot(s: SplitStats, path) -> None:
+    """Histograms of the quality columns and the failure counts, as one PNG (matplotlib Agg) written
+    to `path` (a local path or a binary file object)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,5 +140,5 @@ def plot(s: SplitStats, path: str) -> None:
     ax.set_title("samples")
     fig.suptitle(f"MA-V {s.split}: {s.ok} ok / {s.samples} samples, {s.frames} frames")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

@@ -1,0 +1,85 @@
+"""MA-V through Hugging Face ``datasets``: the columns its ``webdataset`` builder gives, and a loader.
+
+The builder splits each tar member name at the first dot, like WebDataset: ``<key>.alpha.03.png`` is
+column ``alpha.03.png`` of row ``<key>`` (decoded as an image because the name ends in ``.png``),
+``<key>.json`` is column ``json``. Without given features it infers the columns from the first five
+samples and refuses shards whose samples have different member sets, which MA-V's do: a segment
+shorter than the segment length has fewer ``alpha.NN.png`` members. So the features are given
+(here, or in the dataset card's ``dataset_info``): one image column per frame position up to the
+longest sample, absent members are None. No member name has to change for this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mava import schema
+from mava.manifest import SplitDir, as_split
+
+DEFAULT_MAX_FRAMES = 12
+
+
+def max_frames(split_dir: str | SplitDir) -> int:
+    """The longest sample of the split (frame positions the features must cover)."""
+    t = as_split(split_dir).read_manifest()
+    n = [v for v in t.column("num_frames").to_pylist() if v is not None]
+    return max(n) if n else DEFAULT_MAX_FRAMES
+
+
+def has_frames(split_dir: str | SplitDir) -> bool:
+    """True when the split's samples carry frame JPEGs (not written with ``--frames none``)."""
+    rows = as_split(split_dir).read_manifest().select(["status", "num_frames", "num_members"]).to_pylist()
+    return any(r["status"] == schema.STATUS_OK and r["num_members"] == 1 + 2 * (r["num_frames"] or 0)
+               for r in rows)
+
+
+def columns(max_frames: int, frames: bool = True) -> list[tuple[str, str]]:
+    """(column, dtype) of a row in tar member order; dtype as the dataset card's YAML names it."""
+    cols = [(schema.HF_KEY_COLUMN, "string"), (schema.HF_URL_COLUMN, "string"), (schema.META_EXT, "json")]
+    for i in range(max_frames):
+        if frames:
+            cols.append((schema.frame_ext(i), "image"))
+        cols.append((schema.alpha_ext(i), "image"))
+    return cols
+
+
+def features(max_frames: int, frames: bool = True):
+    """``datasets.Features`` of an MA-V row: key, shard URL, metadata (Json), frame and alpha images."""
+    import datasets
+
+    kinds = {"string": lambda: datasets.Value("string"), "json": datasets.Json, "image": datasets.Image}
+    return datasets.Features({name: kinds[dtype]() for name, dtype in columns(max_frames, frames)})
+
+
+def data_files(split_dir: str | SplitDir) -> list[str]:
+    """URLs of the split's shard tars."""
+    split = as_split(split_dir)
+    return [split.fs.unstrip_protocol(p) for p in split.shard_files()]
+
+
+def load(split_dir: str | SplitDir, streaming: bool = False, **kwargs: Any):
+    """``datasets.load_dataset("webdataset", ...)`` over a split's shards with the MA-V features:
+    a ``Dataset`` (or ``IterableDataset`` when streaming), one row per sample. `kwargs` go to
+    ``load_dataset`` (e.g. ``cache_dir``, ``storage_options``)."""
+    import datasets
+
+    split = as_split(split_dir)
+    files = data_files(split)
+    if not files:
+        raise FileNotFoundError(f"no shards under {split.url}")
+    feats = features(max_frames(split), has_frames(split))
+    return datasets.load_dataset("webdataset", data_files={"train": files}, split="train", features=feats,
+                                 streaming=streaming, **kwargs)
+
+
+def row_arrays(row: dict) -> dict:
+    """A ``datasets`` row as arrays: key, meta, alpha uint8[T,H,W], frames uint8[T,H,W,3] (or None)."""
+    meta = row[schema.META_EXT]
+    t = int(meta["num_frames"])
+    alpha = np.stack([np.asarray(row[schema.alpha_ext(i)]) for i in range(t)])
+    frames = None
+    if row.get(schema.frame_ext(0)) is not None:
+        frames = np.stack([np.asarray(row[schema.frame_ext(i)].convert("RGB")) for i in range(t)])
+    return {"key": row[schema.HF_KEY_COLUMN], "meta": meta, "alpha": alpha, "frames": frames}
