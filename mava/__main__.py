@@ -67,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard glob as seen from the card (the Hub repo root); default: relative path from --out "
                         f"to the split's {schema.SHARDS_GLOB} when both are local, else {schema.SHARDS_GLOB}")
     c.add_argument("--pretty-name", default=None, help="the card's pretty_name (default: 'MA-V <split>')")
+    x = sub.add_parser("export", help="one masklet's segments stitched into a full-length alpha sequence "
+                       "(PNGs + grayscale H.264 MP4) with the seam report", formatter_class=fmt)
+    x.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    x.add_argument("--video-id", required=True, help="video id, e.g. sav_000001")
+    x.add_argument("--masklet", type=int, required=True, help="masklet id")
+    x.add_argument("--source", choices=schema.SOURCES, default=None, help="masklet source (default: manual if present)")
+    x.add_argument("--out", required=True, metavar="DIR", help="output folder (path or fsspec URL)")
+    x.add_argument("--fps", type=float, default=6.0, choices=(6.0, 24.0),
+                   help="6: the annotated frames; 24: also the video timeline (see --upsample)")
+    x.add_argument("--upsample", choices=("nearest", "linear"), default="nearest",
+                   help="24 fps frames between annotated ones: nearest annotated matte (crisp, at most 2 frames "
+                        "late or early) or linear cross-dissolve (ghosts a moving edge)")
+    x.add_argument("--gt", metavar="GT_DIR", default=None,
+                   help="ground truth in `mava eval`'s layout: the seam is then dtSSD proper")
+    x.add_argument("--crf", type=int, default=10, help="H.264 quality (0 best, 51 worst)")
+    x.add_argument("--no-png", action="store_true", help="only the MP4(s) and the report")
     return p
 
 
@@ -130,6 +146,18 @@ def _run(args: argparse.Namespace) -> int:
         c = card.write(args.dir, args.out, figures_dir=args.figures_dir, n_previews=args.previews,
                        data_path=args.data_path, pretty_name=args.pretty_name)
         print(" ".join([args.out, *c.figures.values()]))
+        return 0
+    if args.cmd == "export":
+        from mava import export
+
+        try:
+            res = export.export(args.dir, args.video_id, args.masklet, args.out, source=args.source, gt_dir=args.gt,
+                                fps=args.fps, upsample_method=args.upsample, crf=args.crf, png=not args.no_png)
+        except KeyError as exn:
+            print(f"error: {exn.args[0]}", file=sys.stderr)
+            return 2
+        print(export.render(res.report))
+        print(" ".join(res.files))
         return 0
     if args.cmd == "eval":
         from mava import eval as ev
