@@ -54,9 +54,9 @@ def features(max_frames: int, frames: bool = True):
 
 
 def data_files(split_dir: str | SplitDir) -> list[str]:
-    """URLs of the split's shard tars."""
+    """URLs of the split's complete shard tars (those with a done marker)."""
     split = as_split(split_dir)
-    return [split.fs.unstrip_protocol(p) for p in split.shard_files()]
+    return [split.fs.unstrip_protocol(p) for p in split.complete_shard_files()]
 
 
 def load(split_dir: str | SplitDir, streaming: bool = False, **kwargs: Any):

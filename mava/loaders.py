@@ -266,7 +266,8 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
             q = set(mf.query_keys(self.split, query))
             keys = q if keys is None else keys & q
         self.keys = keys
-        self.urls = [self.split.fs.unstrip_protocol(p) for p in self.split.shard_files()]
+        # only complete shards (done marker written): never a tar an interrupted run left behind
+        self.urls = [self.split.fs.unstrip_protocol(p) for p in self.split.complete_shard_files()]
         if not self.urls:
             raise FileNotFoundError(f"no shards under {self.split.url}")
         self.shuffle_shards = shuffle_shards
@@ -361,8 +362,9 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
         if query is not None:
             q = set(mf.query_keys(self.split, query))
             keys = q if keys is None else keys & q
+        done = self.split.done_shards()  # only complete shards
         self.rows = [{k: r[k] for k in ("key", "shard", "tar_offset", "tar_size", "num_frames")}
-                     for r in mf.ok_rows(self.split, keys)]
+                     for r in mf.ok_rows(self.split, keys) if r["shard"] in done]
         self.index = {r["key"]: i for i, r in enumerate(self.rows)}
         self.epoch = epoch
         self.bytes_read = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mava import schema
+
+log = logging.getLogger(__name__)
 
 TABLE = "manifest"  # name of the manifest table in SQL queries
 
@@ -60,6 +63,9 @@ class SplitDir:
     @cached_property
     def _fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.url)
+        # fsspec reuses filesystem instances, and object-store ones cache listings: a new SplitDir must
+        # see the folder as it is now (e.g. verify after a job finished in another process)
+        fs.invalidate_cache()
         return fs, root.rstrip("/")
 
     @property
@@ -97,6 +103,21 @@ class SplitDir:
 
     def shard_files(self) -> list[str]:
         return self.glob(schema.SHARDS_GLOB)
+
+    def done_shards(self) -> set[str]:
+        """Names of the shards that have a done marker (the writer's last step: complete shards)."""
+        return {posixpath.basename(p).split(".")[0] for p in self.done_files()}
+
+    def complete_shard_files(self) -> list[str]:
+        """Shard tars whose done marker exists; an unfinished shard's tar (e.g. left by a killed run
+        between its renames) is logged and left out."""
+        done = self.done_shards()
+        files = self.shard_files()
+        keep = [p for p in files if posixpath.basename(p).split(".")[0] in done]
+        if len(keep) < len(files):
+            log.warning("%s: %d shard tar(s) without a done marker left out (unfinished): %s", self.url,
+                        len(files) - len(keep), [posixpath.basename(p) for p in files if p not in keep][:5])
+        return keep
 
     def run_info(self) -> dict | None:
         """run.json, or None when there is none; an unreadable one raises :class:`UnreadableFile`."""

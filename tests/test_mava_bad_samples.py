@@ -199,3 +199,17 @@ def test_verify_reports_missing_or_unreadable_run_json(job_output, tmp_path, cap
     (d / schema.RUN_JSON).unlink()
     rc, out, _ = _run(capsys, "verify", d, "--no-progress")
     assert rc == 1 and "[run-json]" in out and "never finished" in out
+
+
+def test_loaders_read_only_complete_shards(job_output, tmp_path, caplog):
+    """A tar without its done marker (a run killed between the writer's renames) is never read."""
+    d = _copy(job_output[0], tmp_path)
+    unfinished = _shard(d, 0)
+    (d / schema.shard_done(d.name, 0)).unlink()
+    want = sorted(r["key"] for r in mf.ok_rows(str(d)) if r["shard"] != unfinished)
+    assert len(want) < len(mf.ok_rows(str(d)))
+    with caplog.at_level(logging.WARNING, logger="mava.manifest"):
+        assert sorted(c["key"] for c in StreamingClips(str(d), ALL)) == want
+    assert "without a done marker left out" in caplog.text and unfinished in caplog.text
+    ra = RandomAccessClips(str(d), ALL)
+    assert sorted(r["key"] for r in ra.rows) == want
