@@ -289,3 +289,20 @@ def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
     assert main(["verify", split, "--no-progress"]) == 0
     fs.invalidate_cache()
     assert {p: fs.info(p)["ETag"] for p in etags} == etags
+
+
+def test_cluster_fetches_weights_from_the_bucket(s3, tmp_path):
+    """jobs/fetch_weights.sh with MAVA_WEIGHTS_FROM=s3://...: the tiny checkpoint, uploaded in the documented
+    layout, lands in the node's folders byte for byte."""
+    from models.tiny import make_tiny
+    from tests.test_cluster_recipe import BASE, CKPT, bucket_layout, fetch
+
+    _, env = s3
+    tiny = make_tiny(tmp_path / "tiny")
+    src = bucket_layout(tiny, tmp_path / "models")
+    _fs().put(str(src), f"{BUCKET}/models", recursive=True)
+    dest = tmp_path / "node"
+    res = fetch(dest, f"s3://{BUCKET}/models", env=env)
+    assert res.returncode == 0, res.stderr
+    for sub, orig in ((dest / CKPT / "unet", tiny[0] / "unet"), (dest / BASE / "vae", tiny[1] / "vae")):
+        assert {p.name: p.read_bytes() for p in sub.iterdir()} == {p.name: p.read_bytes() for p in orig.iterdir()}
