@@ -95,6 +95,15 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}"
 
 
+SHARD_NAME_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6,})$")
+
+
+def shard_index(name: str, split: str) -> int | None:
+    """Index of a shard name (or file stem) of ``split``; None when it is not one."""
+    m = SHARD_NAME_RE.match(name)
+    return int(m["index"]) if m and m["split"] == split else None
+
+
 def shard_tar(split: str, index: int) -> str:
     """Path of a shard relative to ``<out>/<split>``."""
     return f"shards/{shard_name(split, index)}.tar"
@@ -119,6 +128,8 @@ MARKER_TAR_SHA256 = "tar_sha256"
 MARKER_MANIFEST_SHA256 = "manifest_sha256"
 MARKER_VIDEOS = "videos"    # the video ids the shard was written from, in plan order
 MARKER_OPTIONS = "options"  # options that change a shard's content (matter, masklets, ...)
+SUBDIRS = ("shards", "manifest", "done")  # folders of <out>/<split>/
+LEASE_JSON = "lease.json"   # the lease of the run writing this split (one writer per output)
 SHARDS_GLOB = "shards/*.tar"
 MANIFEST_GLOB = "manifest/*.parquet"
 DONE_GLOB = "done/*.json"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 from dataclasses import dataclass
 from typing import Sequence
 
-import fsspec
 import pyarrow.parquet as pq
 
 from mava import schema
+from mava.manifest import SplitDir, as_split
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +47,19 @@ def parse_shard_spec(spec: str) -> set[int]:
     return out
 
 
-def shard_marker(out_split: str, split: str, index: int) -> dict | None:
+def shard_marker(out: str | SplitDir, split: str, index: int) -> dict | None:
     """The done marker of a shard, or None when the shard is not finished."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    path = posixpath.join(root, schema.shard_done(split, index))
-    if not fs.exists(path):
+    d = as_split(out)
+    rel = schema.shard_done(split, index)
+    if not d.exists(rel):
         return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+    return json.loads(d.read_bytes(rel))
 
 
-def shard_is_done(out_split: str, split: str, plan: ShardPlan, options: dict | None = None) -> bool:
+def shard_is_done(out: str | SplitDir, split: str, plan: ShardPlan, options: dict | None = None) -> bool:
     """Finished, for the same videos and content options. A shard written from another video list
     (e.g. a run with --limit-videos that cut it short) or with other options is not done."""
-    marker = shard_marker(out_split, split, plan.index)
+    marker = shard_marker(out, split, plan.index)
     if marker is None:
         return False
     videos = [v.video_id for v in plan.videos]
@@ -75,31 +73,29 @@ def shard_is_done(out_split: str, split: str, plan: ShardPlan, options: dict | N
     return True
 
 
-def stale_shards(out_split: str, split: str, num_shards: int) -> list[str]:
+def stale_shards(out: str | SplitDir, split: str, num_shards: int) -> list[str]:
     """Done markers of shards past the end of the plan (left by a run with another shard plan)."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    prefix = schema.shard_name(split, 0)[:-6]  # "<split>-"
     stale = []
-    for path in fs.glob(posixpath.join(root, schema.DONE_GLOB)):
-        stem = posixpath.basename(path).rsplit(".", 1)[0]
-        index = stem[len(prefix):]
-        if stem.startswith(prefix) and index.isdigit() and int(index) >= num_shards:
-            stale.append(posixpath.basename(path))
+    for path in as_split(out).done_files():
+        name = path.rsplit("/", 1)[-1]
+        index = schema.shard_index(name.rsplit(".", 1)[0], split)
+        if index is not None and index >= num_shards:
+            stale.append(name)
     return sorted(stale)
 
 
-def shard_failures(out_split: str, split: str, index: int) -> list[str]:
+def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
     """Error types of the failed rows in a shard's manifest ([] when it has none or no manifest)."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    path = posixpath.join(root, schema.shard_manifest(split, index))
-    if not fs.exists(path):
+    d = as_split(out)
+    rel = schema.shard_manifest(split, index)
+    if not d.exists(rel):
         return []
-    with fs.open(path, "rb") as f:
+    with d.fs.open(d.path(rel), "rb") as f:
         rows = pq.read_table(f, columns=["status", "error_type"]).to_pylist()
     return [r["error_type"] for r in rows if r["status"] != schema.STATUS_OK]
 
 
-def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards: set[int] | None = None,
+def select_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, *, shards: set[int] | None = None,
                   retry_failed: bool = False, options: dict | None = None
                   ) -> tuple[list[ShardPlan], list[ShardPlan]]:
     """Split ``plans`` into (to run, skipped).
@@ -117,20 +113,18 @@ def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards:
             chosen = False
         elif shards is not None and not retry_failed:
             chosen = True  # explicitly named: redo
-        elif not shard_is_done(out_split, split, p, options):
+        elif not shard_is_done(out, split, p, options):
             chosen = True
         else:
-            chosen = retry_failed and bool(shard_failures(out_split, split, p.index))
+            chosen = retry_failed and bool(shard_failures(out, split, p.index))
         (run if chosen else skip).append(p)
     return run, skip
 
 
-def clean_partials(out_split: str) -> int:
+def clean_partials(out: str | SplitDir) -> int:
     """Remove temporary files left by an interrupted run; return how many."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    n = 0
-    for sub in ("shards", "manifest", "done"):
-        for path in fs.glob(posixpath.join(root, sub, f"*{schema.TMP_SUFFIX}")):
-            fs.rm(path)
-            n += 1
-    return n
+    d = as_split(out)
+    paths = d.temp_files()
+    for path in paths:
+        d.fs.rm(path)
+    return len(paths)

@@ -3,6 +3,7 @@
 ``list_videos(split) -> [VideoRef]``, ``plan_video(ref, cfg) -> VideoPlan`` (raises a SampleError for a
 video-level failure), ``read_segments(plan, cfg)`` yields one SegmentData or Failure per planned
 segment, decoding only the frames it needs, with a small cache shared by consecutive segments.
+``read_video(ref, cfg)`` is the reader step of the job: the stream of one video (see its docstring).
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Union
 
 import numpy as np
 
 from mava import schema
 from pipeline import sav, video
 from pipeline.errors import (
-    AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, RleSizeMismatch,
-    SampleError, UnsafeId, VideoCorrupt,
+    AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, Failure, ReaderError,
+    RleSizeMismatch, SampleError, UnsafeId, VideoCorrupt,
 )
 from pipeline.sav import VideoRef, list_videos  # noqa: F401  (re-exported API)
 from pipeline.segments import Segment, SegmentData, plan_masklet
@@ -35,18 +36,6 @@ class ReaderConfig:
     segment_len: int = 12        # annotated frames per segment
     backend: str = "decord"      # decord | pyav
     threads: int = 1             # decoder threads per reader (Ray readers get one CPU each)
-
-
-@dataclass
-class Failure:
-    """A planned sample that failed; it becomes a failed manifest row."""
-
-    key: str
-    video_id: str
-    source: str | None
-    masklet_id: int | None
-    start: int | None
-    error: SampleError
 
 
 @dataclass
@@ -260,3 +249,60 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
             yield SegmentData(s, frames, masks, list(rles))
     finally:
         dec.close()
+
+
+# --- the reader step of the job -------------------------------------------------------------------
+
+
+@dataclass
+class VideoHeader:
+    """First item of a reader stream: the keys that follow, in order, and what already failed."""
+
+    video_id: str
+    keys: list[str]
+    failures: list[Failure]
+
+
+@dataclass(frozen=True)
+class Next:
+    """Announces that the next item of a reader stream is the SegmentData of ``key`` (small, so the
+    driver can route failures and pixels apart without fetching pixels)."""
+
+    key: str
+
+
+StreamItem = Union[VideoHeader, Next, SegmentData, Failure]
+
+
+def read_video(ref: VideoRef, cfg: ReaderConfig) -> Iterator[StreamItem]:
+    """The stream of one video: a VideoHeader, then per planned key either a Failure or ``Next(key)``
+    followed by its SegmentData.
+
+    Never raises: typed input errors become failures, and so does anything unexpected (as
+    ReaderError, logged with its traceback), so one bad video cannot fail its shard.
+    """
+    try:
+        plan = plan_video(ref, cfg)
+    except Exception as exc:  # noqa: BLE001 - recorded as this video's failed row
+        err = exc if isinstance(exc, SampleError) else _unexpected(ref, exc)
+        yield VideoHeader(ref.video_id, [], [Failure.of_video(ref.video_id, err)])
+        return
+    yield VideoHeader(ref.video_id, [s.key for s in plan.segments], list(plan.failures))
+    done = 0
+    try:
+        for item in read_segments(plan, cfg):
+            if isinstance(item, Failure):
+                yield item
+            else:
+                yield Next(item.segment.key)
+                yield item
+            done += 1
+    except Exception as exc:  # noqa: BLE001 - the rest of this video's samples fail, recorded
+        err = _unexpected(ref, exc)
+        for s in plan.segments[done:]:
+            yield Failure(s.key, s.video_id, s.source, s.masklet_id, s.start, err)
+
+
+def _unexpected(ref: VideoRef, exc: Exception) -> ReaderError:
+    log.exception("unexpected error reading %s", ref.video_id)
+    return ReaderError(str(getattr(ref, "video_url", None) or ref.video_id), f"{type(exc).__name__}: {exc}")

@@ -16,7 +16,8 @@ import fsspec
 
 from mava import schema
 from models.base import MatterConfig, available_matters
-from pipeline.job import JobConfig, JobResult, ResourceConfig, init_ray, run_job
+from pipeline.executor import ResourceConfig, init_ray
+from pipeline.job import JobConfig, JobResult, run_job
 from pipeline.plan import parse_shard_spec
 from pipeline.reader import ReaderConfig
 

@@ -274,27 +274,27 @@ def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
     """read_video (the Ray reader task body) never raises: a reader bug becomes failed rows."""
     import dataclasses
 
-    from pipeline.job import VideoHeader, read_video
-    from pipeline.reader import Failure
+    from pipeline.reader import Failure, Next, VideoHeader, read_video
+    from pipeline.writer import failure_row
 
     ref = list_videos(str(synth_split))[0]
     broken = dataclasses.replace(ref, layout="no-such-layout", video_url=None)
     items = list(read_video(broken, ReaderConfig()))
     assert len(items) == 1 and isinstance(items[0], VideoHeader) and items[0].keys == []
-    (row,) = items[0].failures
+    (row,) = [failure_row(f) for f in items[0].failures]
     assert row["key"] == schema.video_failure_key(ref.video_id) and row["status"] == "failed"
     assert row["error_type"] == "ReaderError" and "Error" in row["error"]
 
     good = list(read_video(ref, ReaderConfig()))
-    assert isinstance(good[0], VideoHeader) and len(good) == 1 + len(good[0].keys)
+    assert isinstance(good[0], VideoHeader) and len(good) == 1 + 2 * len(good[0].keys)
     assert not any(isinstance(i, Failure) for i in good[1:])
-    assert [i.segment.key for i in good[1:]] == good[0].keys
+    assert [i.key for i in good[1::2]] == good[0].keys and all(isinstance(i, Next) for i in good[1::2])
+    assert [i.segment.key for i in good[2::2]] == good[0].keys
 
 
 def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
-    from pipeline.job import encode
     from pipeline.reader import read_segments
-    from pipeline.writer import EncodedSample
+    from pipeline.writer import EncodedSample, encode, failure_row
 
     cfg = ReaderConfig()
     plan = plan_video(list_videos(str(synth_split))[0], cfg)
@@ -302,6 +302,6 @@ def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
     t, h, w = data.masks.shape
     ok = encode(data, np.zeros((t, h, w), np.uint8), "m", "jpg")
     assert isinstance(ok, EncodedSample) and ok.row["status"] == "ok"
-    bad = encode(data, np.zeros((t, h // 2, w), np.uint8), "m", "jpg")
+    bad = failure_row(encode(data, np.zeros((t, h // 2, w), np.uint8), "m", "jpg"))
     assert isinstance(bad, dict) and bad["status"] == "failed" and bad["error_type"] == "ValueError"
     assert bad["key"] == data.segment.key and "does not match" in bad["error"]
