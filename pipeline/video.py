@@ -159,6 +159,7 @@ def _probe(url: str, source) -> tuple[int, int, int, int]:
     try:
         with av.open(source) as c:
             st = c.streams.video[0]
+            st.thread_count = 1   # one frame is decoded (for its display matrix): no thread start-up
             h, w, n = int(st.codec_context.height), int(st.codec_context.width), int(st.frames or 0)
             return h, w, n, _display_rotation(url, c, st)
     except (av.FFmpegError, IndexError, OSError) as e:
