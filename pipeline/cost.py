@@ -57,7 +57,7 @@ class Counts:
             self.masklets[src] += 1
         for f in plan.failures:
             self.masklets[f.source] += 1
-            self.masklet_errors[f.error.error_type] += 1
+            self.masklet_errors[f.error_type] += 1
             if isinstance(f.error, EmptyMasklet):
                 self.empty_masklets += 1
             else:
