@@ -87,6 +87,10 @@ META_FIELDS = (
     "key", "video_id", "source", "masklet_id", "start", "num_frames", "ann_frames", "video_frames",
     "overlap", "height", "width", "matter", "mask_rles",
 )
+# Fields of <key>.json present only when they apply: ``rotation`` (clockwise degrees the reader turned
+# the decoded pictures by, so frames, masks and alpha are in the annotation's orientation) and
+# ``display_rotation`` (what the container asks players to apply), for rotated videos.
+OPTIONAL_META_FIELDS = ("rotation", "display_rotation")
 
 # --- layout ---------------------------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ def shard_done(split: str, index: int) -> str:
 
 
 RUN_JSON = "run.json"
+RUN_NUM_SHARDS = "num_shards"   # run.json: shards in the run's plan (verify reports the missing ones)
 # done-marker fields (done/<split>-NNNNNN.json)
 MARKER_SAMPLES = "samples"          # manifest rows of the shard, failures included
 MARKER_OK = "ok"                    # rows with status ok (= samples in the tar)
@@ -127,7 +132,7 @@ MARKER_TAR_BYTES = "tar_bytes"
 MARKER_TAR_SHA256 = "tar_sha256"
 MARKER_MANIFEST_SHA256 = "manifest_sha256"
 MARKER_VIDEOS = "videos"    # the video ids the shard was written from, in plan order
-MARKER_OPTIONS = "options"  # options that change a shard's content (matter, masklets, ...)
+MARKER_FINGERPRINT = "fingerprint"  # the mattes' identity: matter (name, weights sha256, output options) + content options
 SUBDIRS = ("shards", "manifest", "done")  # folders of <out>/<split>/
 LEASE_JSON = "lease.json"   # the lease of the run writing this split (one writer per output)
 SHARDS_GLOB = "shards/*.tar"

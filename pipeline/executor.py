@@ -84,7 +84,6 @@ class ExecResult:
     done: dict[int, Any] = field(default_factory=dict)      # index -> the writer's commit result
     failed: dict[int, str] = field(default_factory=dict)    # index -> why it could not be completed
     wall_s: float = 0.0
-    actors: list[dict] = field(default_factory=list)
 
 
 def init_ray(res: ResourceConfig) -> None:
@@ -213,6 +212,16 @@ class Executor:
         if not self.actors:
             self.start_actors()
         return _Loop(self, tasks).run()
+
+    def actor_records(self) -> list[dict]:
+        """Where each matter actor ran and how busy it was."""
+        return [_actor_record(a) for a in self.actors]
+
+    def shutdown(self) -> None:
+        """Stop the matter actors (frees their GPUs/CPUs for the next job in this Ray session)."""
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
 
 
 class _Loop:
@@ -404,7 +413,6 @@ class _Loop:
                     self._pull(ref, self.streams[ref])
         self.bar.close()
         self.result.wall_s = time.perf_counter() - t0
-        self.result.actors = [_actor_record(a) for a in self.actors]
         return self.result
 
 

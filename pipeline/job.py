@@ -8,19 +8,27 @@ steps on Ray, ``run`` is the command line.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 from mava import schema
 from mava.manifest import SplitDir
-from models.base import MatterConfig
+from models.base import MatterConfig, output_fields
 from pipeline import plan as planning
-from pipeline.executor import Executor, ResourceConfig, ShardTask, Steps
+from pipeline import sav
+from pipeline.executor import Executor, ResourceConfig, ShardTask, Steps, init_ray
+from pipeline.lease import Lease, LeaseHeld
 from pipeline.matter_actor import MatterActor
 from pipeline.reader import ReaderConfig, list_videos, read_video
 from pipeline.writer import ShardWriter, encode
 
 log = logging.getLogger(__name__)
+
+
+class JobError(ValueError):
+    """The job cannot start or must not go on as asked (one line for the user; exit code 2)."""
 
 
 @dataclass
@@ -35,6 +43,10 @@ class JobConfig:
     videos_per_shard: int = 8
     shards: set[int] | None = None
     retry_failed: bool = False
+    redo_mismatched: bool = False     # redo finished shards written with another fingerprint
+    verify_skipped: bool = False      # also check a finished shard's tar sha256 before skipping it
+    max_matter_failures: float = 0.5  # largest fraction of a shard's samples the matter may fail on
+    lease_timeout_s: float = 300.0    # a lease without heartbeat for this long is stale
     limit_videos: int | None = None
     frames: str = "jpg"               # jpg | none
     progress: bool = True
@@ -47,11 +59,10 @@ class JobConfig:
     def out_split(self) -> str:
         return f"{self.out.rstrip('/')}/{self.split}"
 
-    @property
     def content_options(self) -> dict:
-        """The options that change what a shard holds; recorded in its done marker."""
-        return {"matter": self.matter, "masklets": self.reader.masklets, "segment_len": self.reader.segment_len,
-                "frames": self.frames, "seed": self.matter_config.seed}
+        """Job options that change what a shard holds besides the matter: the reader's output options
+        (see ReaderConfig's field classification) and whether frames are stored."""
+        return {**{n: getattr(self.reader, n) for n in output_fields(ReaderConfig)}, "frames": self.frames}
 
 
 @dataclass
@@ -64,10 +75,12 @@ class JobResult:
     frames: int = 0
     wall_s: float = 0.0
     actors: list[dict] = field(default_factory=list)
+    fingerprint: dict | None = None
+    errors: list[str] = field(default_factory=list)   # run-level problems (exit 1)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.shards_failed else 0
+        return 1 if self.shards_failed or self.errors else 0
 
     def utilisation(self, warm: bool = False) -> float | None:
         """Fraction of the actors' time (from their first call) spent in the matter, not waiting."""
@@ -90,42 +103,105 @@ class JobResult:
 
 def steps_for(cfg: JobConfig) -> Steps:
     """The job's steps with their configuration bound."""
-    import functools
-
     return Steps(
         read=read_video, read_args=(cfg.reader,),
         matter=MatterActor, matter_args=(cfg.matter, cfg.matter_config),
         encode=encode, encode_args=(cfg.matter, cfg.frames),
-        writer=functools.partial(ShardWriter, cfg.out_split, cfg.split),
+        writer=functools.partial(ShardWriter, cfg.out_split, cfg.split,
+                                 max_matter_failures=cfg.max_matter_failures),
         matter_name=cfg.matter,
     )
 
 
+def check_writable(out: SplitDir) -> None:
+    """Fail now, not after the matting, when the output folder cannot be written."""
+    rel = f".probe-{uuid.uuid4().hex[:8]}"
+    try:
+        out.fs.makedirs(out.root, exist_ok=True)
+        out.write_atomic(rel, b"")
+        out.fs.rm(out.path(rel))
+    except OSError as exc:
+        raise JobError(f"cannot write to the output folder {out.url}: {exc}") from exc
+
+
+def agreed_fingerprint(fingerprints: list[dict]) -> dict:
+    """The matter fingerprint every actor reports; actors that loaded different models refuse the run."""
+    first = fingerprints[0]
+    for i, fp in enumerate(fingerprints[1:], 1):
+        if fp != first:
+            diff = planning.fingerprint_diff(first, fp)
+            raise JobError(f"matter actors 0 and {i} loaded different models ({'; '.join(diff)}): "
+                           "give every node the same weights")
+    return first
+
+
 def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
-    """Plan, select and run the shards of ``cfg``; returns the result and the full plan."""
+    """Plan, select and run the shards of ``cfg``; returns the result and the full plan.
+
+    Raises JobError (before anything is written) for an unsafe split name, an output that cannot be
+    written or is held by another run, an empty split, another shard plan in the output, or finished
+    shards of another fingerprint (unless ``redo_mismatched``).
+    """
     if not schema.is_safe_id(cfg.split):
-        raise ValueError(f"unsafe split name {cfg.split!r}")
+        raise JobError(f"unsafe split name {cfg.split!r}")
     out = SplitDir(cfg.out_split)
+    check_writable(out)
     videos = list_videos(cfg.split_url)
+    if not videos:
+        raise JobError(f"no videos found in {cfg.split_url} (looked for <video>.mp4 with <video>_manual.json in "
+                       f"the folder or one level down, or {sav.FRAMES_DIR}/<video>/ frame folders)")
     if cfg.limit_videos is not None:
         videos = videos[:cfg.limit_videos]
     plans = planning.plan_shards(videos, cfg.videos_per_shard)
+    try:
+        lease = Lease(out, cfg.lease_timeout_s).acquire()
+    except LeaseHeld as exc:
+        raise JobError(str(exc)) from exc
+    try:
+        result = _run_leased(cfg, out, plans, lease)
+    finally:
+        lease.release()
+    return result, plans
+
+
+def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], lease: Lease) -> JobResult:
     removed = planning.clean_partials(out)
     if removed:
         log.info("removed %d partial files of an interrupted run", removed)
     stale = planning.stale_shards(out, cfg.split, len(plans)) if cfg.limit_videos is None else []
     if stale:
-        raise ValueError(f"{cfg.out_split} holds shards past this plan's {len(plans)} ({stale[0]}, ...): it was "
-                         f"written with another shard plan (--videos-per-shard?); use a new --out")
-    todo, skipped = planning.select_shards(plans, out, cfg.split, shards=cfg.shards,
-                                           retry_failed=cfg.retry_failed, options=cfg.content_options)
-    log.info("%d videos in %d shards: %d to run, %d skipped", len(videos), len(plans), len(todo), len(skipped))
-    result = JobResult(shards_skipped=[p.index for p in skipped])
-    if todo:
-        marker = {schema.MARKER_OPTIONS: cfg.content_options}
+        raise JobError(f"{cfg.out_split} holds shards past this plan's {len(plans)} ({stale[0]}, ...): it was "
+                       f"written with another shard plan (--videos-per-shard?); use a new --out")
+    init_ray(cfg.resources)
+    ex = Executor(steps_for(cfg), cfg.resources, cfg.matter_config.batch_size, cfg.progress)
+    try:
+        return _select_and_run(cfg, out, plans, lease, ex)
+    finally:
+        ex.shutdown()
+
+
+def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], lease: Lease,
+                    ex: Executor) -> JobResult:
+    fingerprint = {"matter": agreed_fingerprint(ex.start_actors()), "content": cfg.content_options()}
+    sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
+                                 retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
+                                 verify_tar=cfg.verify_skipped)
+    if sel.mismatched:
+        groups: dict[str, list[int]] = collections.defaultdict(list)
+        for i, why in sorted(sel.mismatched.items()):
+            groups[why].append(i)
+        lines = "; ".join(f"shard{'s' if len(ix) > 1 else ''} {planning.format_indices(ix)}: {why}"
+                          for why, ix in list(groups.items())[:3])
+        raise JobError(f"{len(sel.mismatched)} finished shard(s) of {cfg.out_split} were not written as this run "
+                       f"would write them ({lines}). Rerun with --redo-mismatched to redo them, or use a new "
+                       f"--out; shards of different fingerprints are never mixed")
+    log.info("%d videos in %d shards: %d to run, %d skipped", sum(len(p.videos) for p in plans), len(plans),
+             len(sel.run), len(sel.skip))
+    result = JobResult(shards_skipped=[p.index for p in sel.skip], fingerprint=fingerprint)
+    if sel.run:
+        marker = {schema.MARKER_FINGERPRINT: fingerprint}
         tasks = [ShardTask(p.index, p.videos, {schema.MARKER_VIDEOS: [v.video_id for v in p.videos]} | marker)
-                 for p in todo]
-        ex = Executor(steps_for(cfg), cfg.resources, cfg.matter_config.batch_size, cfg.progress)
+                 for p in sel.run]
         run = ex.run(tasks)
         for index, res in sorted(run.done.items()):
             result.shards_done.append(index)
@@ -133,5 +209,8 @@ def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
             result.frames += res.marker[schema.MARKER_FRAMES]
             result.failed.update(res.failed)
         result.shards_failed = dict(sorted(run.failed.items()))
-        result.wall_s, result.actors = run.wall_s, run.actors
-    return result, plans
+        result.wall_s = run.wall_s
+    result.actors = ex.actor_records()
+    if lease.lost:
+        result.errors.append(f"the lease {lease.path} was taken by another run during this one")
+    return result

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Union
 import numpy as np
 
 from mava import schema
+from models.base import output_option, runtime_option
 from pipeline import sav, video
 from pipeline.errors import (
     AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, Failure, ReaderError,
@@ -32,10 +33,12 @@ MASKLET_CHOICES = ("manual", "auto", "all")
 
 @dataclass
 class ReaderConfig:
-    masklets: str = "manual"     # manual | auto | all
-    segment_len: int = 12        # annotated frames per segment
-    backend: str = "decord"      # decord | pyav
-    threads: int = 1             # decoder threads per reader (Ray readers get one CPU each)
+    """How videos are read and cut; fields are classified like MatterConfig's (output or runtime)."""
+
+    masklets: str = output_option("manual", "manual | auto | all")
+    segment_len: int = output_option(12, "annotated frames per segment")
+    backend: str = runtime_option("decord", "decord | pyav (both decode the same frames)")
+    threads: int = runtime_option(1, "decoder threads per reader (Ray readers get one CPU each)")
 
 
 @dataclass
@@ -353,6 +356,8 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
                 yield Failure(s.key, vid, s.source, s.masklet_id, s.start, err)
             return
         cache = _FrameCache(dec, cfg.segment_len)
+        # recorded in the sample metadata only when the video is rotated (older samples stay valid)
+        facts = {k: v for k, v in (("rotation", plan.rotation), ("display_rotation", plan.display_rotation)) if v}
         for s in plan.segments:
             try:
                 frames = cache.get(s.video_frames)
@@ -361,7 +366,7 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
                 continue
             rles = plan.rles[(s.source, s.masklet_id)][s.start:s.start + s.length]
             masks = np.stack([sav.decode_rle(r) for r in rles])
-            yield SegmentData(s, frames, masks, list(rles))
+            yield SegmentData(s, frames, masks, list(rles), dict(facts))
     finally:
         dec.close()
 

@@ -92,6 +92,7 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
         raise ValueError(f"matte {alpha_u8.dtype}{list(alpha_u8.shape)} does not match masks {[t, h, w]}")
     row = segment_columns(seg) | {"height": h, "width": w, "status": schema.STATUS_OK, "matter": matter}
     meta = {name: row[name] for name in schema.META_FIELDS if name in row}
+    meta |= {name: data.meta[name] for name in schema.OPTIONAL_META_FIELDS if name in data.meta}
     meta["mask_rles"] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
                           else r["counts"].decode("ascii")} for r in data.rles]
     members = [(f"{seg.key}.{schema.META_EXT}", json.dumps(meta, sort_keys=True).encode())]
