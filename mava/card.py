@@ -100,8 +100,8 @@ def provenance(split: SplitDir) -> Provenance:
         except UnreadableFile as exn:
             problems.append(str(exn))
             continue
-        if isinstance(m.get(schema.MARKER_OPTIONS), dict):
-            opts.append(m[schema.MARKER_OPTIONS])
+        if isinstance(m.get(schema.MARKER_OPTIONS_LEGACY), dict):  # markers written before fingerprints
+            opts.append(m[schema.MARKER_OPTIONS_LEGACY])
         if isinstance(m.get(schema.MARKER_FINGERPRINT), dict):
             fps.append(m[schema.MARKER_FINGERPRINT])
     prov = Provenance(run, problems, _distinct(opts), _distinct(fps))
@@ -235,6 +235,8 @@ def _how_made(prov: Provenance) -> list[str]:
     out.append(f"- planned shards: {run.get(schema.RUN_NUM_SHARDS, 'unknown')}")
     out.append("")
     fp = run.get(schema.RUN_FINGERPRINT)
+    if not isinstance(fp, dict) and len(prov.marker_fingerprints) == 1:
+        fp = prov.marker_fingerprints[0]  # run.json lacks it (e.g. unreadable): the markers agree on one
     if isinstance(fp, dict):
         out += ["### Output-changing options (fingerprint)", "",
                 "Everything that changes the bytes written, as recorded in run.json's fingerprint; a rerun with "

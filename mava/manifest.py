@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from typing import IO, Iterator
 
 import duckdb
 import fsspec
@@ -163,6 +167,68 @@ class SplitDir:
         con = duckdb.connect()
         con.register(TABLE, self.read_manifest())
         return con
+
+    # --- writing: every file under the split goes through a temporary name and a rename -----------
+
+    @property
+    def is_local(self) -> bool:
+        p = self.fs.protocol
+        return "file" in ((p,) if isinstance(p, str) else tuple(p))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open(self.path(rel), "rb") as f:
+            return f.read()
+
+    def makedirs(self) -> None:
+        """Create the split folder and its sub-folders (shards, manifest, done)."""
+        for sub in schema.SUBDIRS:
+            self.fs.makedirs(self.path(sub), exist_ok=True)
+
+    @contextlib.contextmanager
+    def atomic_file(self, rel: str) -> Iterator[IO[bytes]]:
+        """A binary file that appears at ``rel`` only when the block completes: written under a
+        unique temporary name, flushed to disk (fsync, local filesystems), then renamed. On an error
+        the temporary file is removed and ``rel`` is untouched.
+
+        Object stores have no atomic rename (fsspec copies then deletes): there the final object
+        appears whole but not atomically with respect to a concurrent reader of the temporary name.
+        """
+        final = self.path(rel)
+        tmp = f"{final}.{uuid.uuid4().hex[:8]}{schema.TMP_SUFFIX}"
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                yield f
+                if self.is_local:
+                    f.flush()
+                    os.fsync(f.fileno())
+            self.fs.mv(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+            raise
+        if self.is_local:  # make the rename itself durable
+            with contextlib.suppress(OSError):
+                fd = os.open(posixpath.dirname(final) or ".", os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Write ``data`` at ``rel`` through :meth:`atomic_file`."""
+        with self.atomic_file(rel) as f:
+            f.write(data)
+
+    def temp_files(self) -> list[str]:
+        """Temporary files left under the split by an interrupted writer (paths for ``self.fs``)."""
+        out = []
+        for sub in ("", *schema.SUBDIRS):
+            out += self.fs.glob(self.path(posixpath.join(sub, f"*{schema.TMP_SUFFIX}")))
+        return sorted(out)
 
 
 MANIFEST_EMPTY = schema.MANIFEST_SCHEMA.empty_table()

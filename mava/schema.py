@@ -87,12 +87,25 @@ META_FIELDS = (
     "key", "video_id", "source", "masklet_id", "start", "num_frames", "ann_frames", "video_frames",
     "overlap", "height", "width", "matter", "mask_rles",
 )
+# Fields of <key>.json present only when they apply: ``rotation`` (clockwise degrees the reader turned
+# the decoded pictures by, so frames, masks and alpha are in the annotation's orientation) and
+# ``display_rotation`` (what the container asks players to apply), for rotated videos.
+OPTIONAL_META_FIELDS = ("rotation", "display_rotation")
 
 # --- layout ---------------------------------------------------------------------------------------
 
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}"
+
+
+SHARD_NAME_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{6,})$")
+
+
+def shard_index(name: str, split: str) -> int | None:
+    """Index of a shard name (or file stem) of ``split``; None when it is not one."""
+    m = SHARD_NAME_RE.match(name)
+    return int(m["index"]) if m and m["split"] == split else None
 
 
 def shard_tar(split: str, index: int) -> str:
@@ -109,6 +122,7 @@ def shard_done(split: str, index: int) -> str:
 
 
 RUN_JSON = "run.json"
+RUN_NUM_SHARDS = "num_shards"   # run.json: shards in the run's plan (verify reports the missing ones)
 # done-marker fields (done/<split>-NNNNNN.json)
 MARKER_SAMPLES = "samples"          # manifest rows of the shard, failures included
 MARKER_OK = "ok"                    # rows with status ok (= samples in the tar)
@@ -118,7 +132,9 @@ MARKER_TAR_BYTES = "tar_bytes"
 MARKER_TAR_SHA256 = "tar_sha256"
 MARKER_MANIFEST_SHA256 = "manifest_sha256"
 MARKER_VIDEOS = "videos"    # the video ids the shard was written from, in plan order
-MARKER_OPTIONS = "options"  # options that change a shard's content (matter, masklets, ...)
+MARKER_FINGERPRINT = "fingerprint"  # the mattes' identity: matter (name, weights sha256, output options) + content options
+SUBDIRS = ("shards", "manifest", "done")  # folders of <out>/<split>/
+LEASE_JSON = "lease.json"   # the lease of the run writing this split (one writer per output)
 SHARDS_GLOB = "shards/*.tar"
 MANIFEST_GLOB = "manifest/*.parquet"
 DONE_GLOB = "done/*.json"
@@ -162,14 +178,13 @@ MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)
 # --- run record and users' formats (added for issue 13 / issue 9's verify; nothing above changed) -------
 
 # run.json keys read by mava (written by pipeline/run.py)
-RUN_NUM_SHARDS = "num_shards"              # size of the shard plan: shards 0..num_shards-1 are expected
 RUN_MATTER = "matter"                      # the matter's describe()
 RUN_FINGERPRINT = "fingerprint"            # the mattes' identity (name, weights sha256, output options, ...)
 RUN_CHECKPOINT_SHA256 = "checkpoint_sha256"
 RUN_CODE_VERSION = "code_version"
 RUN_CONFIG = "config"                      # the job config as run (dataclasses.asdict)
 RUN_FINISHED_AT = "finished_at"
-MARKER_FINGERPRINT = "fingerprint"         # the same identity, per shard, in a done marker (when recorded)
+MARKER_OPTIONS_LEGACY = "options"          # content options in done markers written before fingerprints (read only)
 
 #: Hugging Face ``datasets`` webdataset builder: one column per member extension (``alpha.03.png``),
 #: plus these two for the sample key and the shard URL.

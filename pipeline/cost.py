@@ -1,7 +1,12 @@
 """``python -m pipeline.cost``: GPU-hours to matte a split, counted from its annotation files.
 
-Reads only the masklet JSON files (no video is opened): masklets, annotated frames inside each
-masklet's visible span, and the frames the matter actually processes (segments, overlap included).
+Reads only the masklet JSON files (no video is opened) and plans each video with the reader's own
+planning (:func:`pipeline.reader.plan_from_annotations`, the same per-masklet step as the job), so
+the counts are what the job plans: masklets, annotated frames inside each planned masklet's visible
+span, and the frames the matter actually processes (segments, overlap included); failed videos and
+masklets are counted by error type. The video's size, frame count and fps are those its JSON
+declares, and a video file is only checked to exist: a video that cannot be decoded, or whose real
+size, length or fps differ from its JSON, is the one case where the job's plan differs.
 GPU-hours = processed frames / (frames/s per GPU) / 3600, for each rate given.
 """
 
@@ -10,15 +15,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 from tqdm import tqdm
 
 from pipeline import sav
-from pipeline.errors import SampleError
-from pipeline.reader import ReaderConfig, masklet_sources, list_videos
-from pipeline.segments import plan_masklet
+from pipeline.errors import EmptyMasklet, SampleError
+from pipeline.reader import ReaderConfig, VideoPlan, list_videos, plan_from_annotations
 
 log = logging.getLogger("pipeline.cost")
 
@@ -29,43 +33,57 @@ DEFAULT_RATES = {"eager bf16 (H100)": 7.2, "torch.compile (H100)": 16.8, "goal (
 @dataclass
 class Counts:
     videos: int = 0
-    failed_videos: int = 0
-    masklets: dict[str, int] = field(default_factory=lambda: {"manual": 0, "auto": 0})
+    failed_videos: int = 0        # videos the job fails as a whole (one failed row each)
+    masklets: dict[str, int] = field(default_factory=lambda: {"manual": 0, "auto": 0})  # of planned videos
     empty_masklets: int = 0
+    failed_masklets: int = 0      # masklets failed for another reason (an RLE of the wrong size, ...)
     span_frames: int = 0          # annotated frames inside visible spans
     segments: int = 0
     segment_frames: int = 0       # frames the matter processes (window overlap included)
+    video_errors: Counter = field(default_factory=Counter)    # error type -> failed videos
+    masklet_errors: Counter = field(default_factory=Counter)  # error type -> failed masklets
 
-    def add_annotation(self, ann: sav.Annotation, segment_len: int) -> None:
-        for j, mid in enumerate(ann.masklet_ids):
-            areas = np.array([sav.check_rle(ann.rles[i][j], ann.height, ann.width, ann.path, f"masklet {mid}")
-                              for i in range(ann.num_frames)])
-            visible = np.flatnonzero(areas > 0)
-            self.masklets[ann.source] += 1
-            if visible.size == 0:
+    def add_plan(self, plan: VideoPlan) -> None:
+        """Count one planned video."""
+        self.videos += 1
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for s in plan.segments:
+            lo, hi = spans.get((s.source, s.masklet_id), (s.start, s.start + s.length))
+            spans[(s.source, s.masklet_id)] = (min(lo, s.start), max(hi, s.start + s.length))
+            self.segments += 1
+            self.segment_frames += s.length
+        self.span_frames += sum(hi - lo for lo, hi in spans.values())
+        for src, _ in spans:
+            self.masklets[src] += 1
+        for f in plan.failures:
+            self.masklets[f.source] += 1
+            self.masklet_errors[f.error_type] += 1
+            if isinstance(f.error, EmptyMasklet):
                 self.empty_masklets += 1
-                continue
-            self.span_frames += int(visible[-1] - visible[0] + 1)
-            segs = plan_masklet(ann.video_id, ann.source, mid, areas > 0, segment_len)
-            self.segments += len(segs)
-            self.segment_frames += sum(s.length for s in segs)
+            else:
+                self.failed_masklets += 1
+
+    def add_failed_video(self, error: SampleError) -> None:
+        """Count a video the job fails as a whole."""
+        self.videos += 1
+        self.failed_videos += 1
+        self.video_errors[error.error_type] += 1
 
 
 def count_split(split_url: str, cfg: ReaderConfig, limit: int | None = None, progress: bool = True) -> Counts:
-    """Count masklets and frames of a split's annotation files (train layout)."""
+    """Count what the job plans for a split (train layout), from its annotation files."""
     counts = Counts()
     refs = list_videos(split_url)[:limit]
+    if any(r.layout != sav.LAYOUT_TRAIN for r in refs):
+        raise ValueError(f"{split_url}: the cost model reads train-layout splits (mp4 + JSON) only")
     for ref in tqdm(refs, desc="annotations", disable=not progress):
-        counts.videos += 1
         try:
-            for src in masklet_sources(cfg):
-                url = ref.manual_url if src == "manual" else ref.auto_url
-                if url is None:
-                    continue
-                counts.add_annotation(sav.load_annotation(url, src, ref.video_id), cfg.segment_len)
+            plan = plan_from_annotations(ref, cfg)
         except SampleError as exc:
-            counts.failed_videos += 1
+            counts.add_failed_video(exc)
             log.warning("skipping %s", exc)
+            continue
+        counts.add_plan(plan)
     return counts
 
 
@@ -77,7 +95,7 @@ def report(counts: Counts, rates: dict[str, float], scale: float = 1.0) -> str:
     lines = [
         f"videos: {counts.videos} ({counts.failed_videos} unreadable)",
         f"masklets: manual {counts.masklets['manual']}, auto {counts.masklets['auto']} "
-        f"({counts.empty_masklets} empty)",
+        f"({counts.empty_masklets} empty, {counts.failed_masklets} failed)",
         f"annotated frames in visible spans: {counts.span_frames}",
         f"segments: {counts.segments}; frames processed (overlap included): {counts.segment_frames} "
         f"(+{100 * (counts.segment_frames / counts.span_frames - 1) if counts.span_frames else 0:.1f}%)",
@@ -106,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = ReaderConfig(masklets=args.masklets, segment_len=args.segment_len)
-    counts = count_split(f"{args.data_root.rstrip('/')}/{args.split}", cfg, args.limit_videos)
+    try:
+        counts = count_split(f"{args.data_root.rstrip('/')}/{args.split}", cfg, args.limit_videos)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rates = {f"--rate {r:g}": r for r in args.rate} if args.rate else DEFAULT_RATES
     print(report(counts, rates, args.scale))
     return 0

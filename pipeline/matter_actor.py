@@ -1,38 +1,49 @@
-"""The matter actor: one per GPU (or N on CPU); loads its matter once and mattes segments.
+"""The matter step: one actor per GPU (or N on CPU) loads its matter once and mattes batches.
 
-It takes segments (or reader failures, passed through untouched) and returns uint8 mattes, so the
-bytes that leave the GPU are already the bytes the writer stores. It keeps its own busy/idle clock.
+It takes segments and returns uint8 mattes, so the bytes that leave the GPU are already the bytes
+the writer stores. A matter error about the sample becomes that sample's :class:`Failure`; a system
+error (GPU out of memory, CUDA/driver/NCCL errors, host memory) ends the process, so Ray restarts
+the actor on a clean device and retries the batch (bounded by the actor's restarts); if it persists,
+the batch is lost, its shard is not marked done, and the run fails. It keeps its own busy/idle clock.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from models.base import MatterConfig, build_matter, to_uint8
+from pipeline.errors import Failure, is_system_error
 from pipeline.segments import SegmentData
 
 log = logging.getLogger(__name__)
 
+SYSTEM_EXIT_CODE = 75  # the process exits with this after a system error (Ray restarts the actor)
+
 
 @dataclass
-class MatterFailure:
-    """The matter raised on one segment; becomes a failed manifest row."""
+class BatchDone:
+    """The last return of :meth:`MatterActor.refine`: a small token the driver waits on."""
 
-    error_type: str
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
+    segments: int
+    busy_s: float
 
 
 class MatterActor:
-    """Wraps a matter for Ray; use via ``ray.remote(MatterActor).options(...)``."""
+    """Wraps a matter for Ray; use via ``ray.remote(MatterActor).options(...)``.
+
+    ``refine`` may be called concurrently (a threaded actor): what a matter can do before the model
+    (``prepare_batch``, e.g. host-to-device copies) overlaps the previous batch; the model itself runs
+    one batch at a time.
+    """
 
     def __init__(self, matter: str, config: MatterConfig):
         t0 = time.perf_counter()
@@ -40,14 +51,21 @@ class MatterActor:
         self.config = config
         self.matter = build_matter(matter, config)
         self.load_s = time.perf_counter() - t0
+        self._takes_keys = _accepts_keys(self.matter)
+        self._lock = threading.Lock()
         self.busy_s = 0.0
         self.calls = 0
         self.segments = 0
         self.frames = 0
-        self.first_call: float | None = None
         self.last_end: float | None = None
         self.idle_s = 0.0  # gaps between calls after the first: the GPU waiting for input
         self.first_call_s = 0.0  # the first call (compile, cuDNN autotune, lazy init), left out of "warm"
+
+    def fingerprint(self) -> dict:
+        """The identity of the mattes this actor writes (see ``MatterBase.fingerprint``)."""
+        fp = getattr(self.matter, "fingerprint", None)
+        return fp() if callable(fp) else {"name": self.name, "weights_sha256": None,
+                                           "options": asdict(self.config), "constants": {}}
 
     def info(self) -> dict:
         """Where this actor runs and what it loaded."""
@@ -63,44 +81,58 @@ class MatterActor:
             "config": asdict(self.config), "load_s": round(self.load_s, 3),
         }
 
-    def refine(self, *items):
-        """Matte each SegmentData; pass reader failures through.
-
-        One result per item (uint8 matte, MatterFailure, or the failure passed through); a single item
-        gives a bare result, a batch a list, matching Ray's ``num_returns``.
-        """
-        start = time.perf_counter()
-        if self.last_end is not None:
-            self.idle_s += start - self.last_end
-        self.first_call = self.first_call or start
-        todo = [i for i, it in enumerate(items) if isinstance(it, SegmentData)]
-        out: list = list(items)
-        for i, alpha in zip(todo, self._refine([items[i] for i in todo])):
-            out[i] = alpha
-        self.last_end = time.perf_counter()
-        self.busy_s += self.last_end - start
-        if self.calls == 0:
-            self.first_call_s = self.last_end - start
-        self.calls += 1
-        self.segments += len(todo)
-        self.frames += sum(items[i].masks.shape[0] for i in todo)
-        return out if len(out) > 1 else out[0]
-
-    def _refine(self, datas: list[SegmentData]) -> list:
-        if not datas:
-            return []
+    def refine(self, *datas: SegmentData) -> tuple:
+        """One result per segment (a uint8 matte or a Failure), then a :class:`BatchDone`."""
         clips = [(d.frames, d.masks) for d in datas]
+        keys = [d.segment.key for d in datas]
+        prepare = getattr(self.matter, "prepare_batch", None)
+        staged = prepare(clips, keys) if callable(prepare) else None
+        with self._lock:
+            start = time.perf_counter()
+            if self.last_end is not None:
+                self.idle_s += start - self.last_end
+            out = self._refine(list(datas), staged)
+            self.last_end = time.perf_counter()
+            took = self.last_end - start
+            self.busy_s += took
+            if self.calls == 0:
+                self.first_call_s = took
+            self.calls += 1
+            self.segments += len(datas)
+            self.frames += sum(d.masks.shape[0] for d in datas)
+        return (*out, BatchDone(len(datas), took))
+
+    def _run_matter(self, datas: list[SegmentData], staged) -> list[np.ndarray]:
+        clips = [(d.frames, d.masks) for d in datas]
+        kw = {"keys": [d.segment.key for d in datas]} if self._takes_keys else {}
+        if staged is not None:
+            return list(self.matter.refine_prepared(staged))
         batched = getattr(self.matter, "refine_batch_uint8", None)
+        if callable(batched):
+            return list(batched(clips, **kw))
+        return [a if a.dtype == np.uint8 else to_uint8(a) for a in self.matter.refine_batch(clips, **kw)]
+
+    def _refine(self, datas: list[SegmentData], staged=None) -> list:
         try:
-            if callable(batched):
-                return list(batched(clips))
-            return [a if a.dtype == np.uint8 else to_uint8(a) for a in self.matter.refine_batch(clips)]
-        except Exception as exc:  # noqa: BLE001 - any matter error is recorded as that sample's failure
+            return self._run_matter(datas, staged)
+        except Exception as exc:  # noqa: BLE001 - sorted into system (restart) and sample (row) errors
+            if is_system_error(exc):
+                self._die(exc)
             if len(datas) == 1:
                 log.warning("matter failed on %s: %s", datas[0].segment.key, exc)
-                return [MatterFailure(type(exc).__name__, f"matter {self.name}: {exc}")]
+                return [Failure.of_matter(datas[0].segment, type(exc).__name__, f"matter {self.name}: {exc}",
+                                          self.name)]
         # a batch failed: isolate the bad segment(s) by running one at a time
         return [r for d in datas for r in self._refine([d])]
+
+    def _die(self, exc: BaseException) -> None:
+        """A system error: end this process so Ray restarts the actor on a clean device and retries."""
+        log.error("system error in matter %s (pid %d), restarting the actor: %s: %s",
+                  self.name, os.getpid(), type(exc).__name__, exc)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        sys.stderr.flush()
+        os._exit(SYSTEM_EXIT_CODE)
 
     def stats(self) -> dict:
         """Busy/idle seconds since the first call; utilisation = busy / (busy + idle); the warm
@@ -115,3 +147,12 @@ class MatterActor:
             "utilisation_warm": round(warm_busy / (warm_busy + self.idle_s), 4) if warm_busy + self.idle_s else None,
             "load_s": round(self.load_s, 3),
         }
+
+
+def _accepts_keys(matter) -> bool:
+    """True when the matter's batch call takes the samples' keys (to seed noise per sample)."""
+    fn = getattr(matter, "refine_batch_uint8", None) or getattr(matter, "refine_batch", None)
+    try:
+        return fn is not None and "keys" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import posixpath
 from dataclasses import dataclass
 from typing import Sequence
 
-import fsspec
 import pyarrow.parquet as pq
 
 from mava import schema
+from mava.manifest import SplitDir, as_split
 
 log = logging.getLogger(__name__)
 
@@ -48,89 +48,189 @@ def parse_shard_spec(spec: str) -> set[int]:
     return out
 
 
-def shard_marker(out_split: str, split: str, index: int) -> dict | None:
-    """The done marker of a shard, or None when the shard is not finished."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    path = posixpath.join(root, schema.shard_done(split, index))
-    if not fs.exists(path):
+class MarkerUnreadable(ValueError):
+    """A done marker that exists but cannot be read (names the file and how to fix it)."""
+
+
+def shard_marker(out: str | SplitDir, split: str, index: int) -> dict | None:
+    """The done marker of a shard, or None when the shard is not finished.
+
+    Raises MarkerUnreadable when the marker exists but is not a JSON object.
+    """
+    d = as_split(out)
+    rel = schema.shard_done(split, index)
+    if not d.exists(rel):
         return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+    try:
+        marker = json.loads(d.read_bytes(rel))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MarkerUnreadable(f"done marker {d.path(rel)} is unreadable ({exc}): delete it to redo shard "
+                               f"{index}, or rerun with --redo-mismatched") from exc
+    if not isinstance(marker, dict):
+        raise MarkerUnreadable(f"done marker {d.path(rel)} is not a JSON object: delete it to redo shard "
+                               f"{index}, or rerun with --redo-mismatched")
+    return marker
 
 
-def shard_is_done(out_split: str, split: str, plan: ShardPlan, options: dict | None = None) -> bool:
-    """Finished, for the same videos and content options. A shard written from another video list
-    (e.g. a run with --limit-videos that cut it short) or with other options is not done."""
-    marker = shard_marker(out_split, split, plan.index)
+def fingerprint_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:
+    """Readable differences ``field: old -> new`` between two fingerprints (dotted field paths; the
+    matter's name and weights first)."""
+    if old is None:
+        return ["no fingerprint (written by an older version)"]
+    out = []
+    for k in sorted(set(old) | set(new), key=lambda k: (k not in ("matter", "name", "weights_sha256"), k)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += fingerprint_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def format_indices(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the --shards syntax)."""
+    parts, run = [], []
+    for i in sorted(indices):
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [i]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+@dataclass
+class ShardCheck:
+    """What a rerun finds of one planned shard."""
+
+    state: str        # missing | done | other-videos | mismatch | damaged | unreadable
+    detail: str = ""
+    marker: dict | None = None
+
+
+def _sha256(d: SplitDir, rel: str) -> str:
+    h = hashlib.sha256()
+    with d.fs.open(d.path(rel), "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: dict | None,
+                verify_tar: bool = False) -> ShardCheck:
+    """Whether a planned shard is provably the shard this run would write.
+
+    ``done`` needs a readable marker for the same videos and fingerprint, and its tar and manifest as
+    the marker describes them (tar size, manifest sha256; with ``verify_tar`` also the tar's sha256).
+    """
+    d = as_split(out)
+    try:
+        marker = shard_marker(d, split, plan.index)
+    except MarkerUnreadable as exc:
+        return ShardCheck("unreadable", str(exc))
     if marker is None:
-        return False
+        return ShardCheck("missing")
     videos = [v.video_id for v in plan.videos]
-    if marker.get(schema.MARKER_VIDEOS, videos) != videos:
-        log.warning("shard %d was written for other videos than this plan's: redoing it", plan.index)
-        return False
-    if options is not None and marker.get(schema.MARKER_OPTIONS, options) != options:
-        log.warning("shard %d was written with %s, this run uses %s: redoing it", plan.index,
-                    marker.get(schema.MARKER_OPTIONS), options)
-        return False
-    return True
+    if marker.get(schema.MARKER_VIDEOS) != videos:
+        return ShardCheck("other-videos", f"written for videos {marker.get(schema.MARKER_VIDEOS)}", marker)
+    if fingerprint is not None and marker.get(schema.MARKER_FINGERPRINT) != fingerprint:
+        diff = fingerprint_diff(marker.get(schema.MARKER_FINGERPRINT), fingerprint)
+        return ShardCheck("mismatch", "; ".join(diff), marker)
+    tar, man = schema.shard_tar(split, plan.index), schema.shard_manifest(split, plan.index)
+    try:
+        if not d.exists(tar):
+            return ShardCheck("damaged", f"{d.path(tar)} is missing", marker)
+        if d.fs.size(d.path(tar)) != marker.get(schema.MARKER_TAR_BYTES):
+            return ShardCheck("damaged", f"{d.path(tar)} has {d.fs.size(d.path(tar))} bytes, the marker says "
+                                         f"{marker.get(schema.MARKER_TAR_BYTES)}", marker)
+        if not d.exists(man):
+            return ShardCheck("damaged", f"{d.path(man)} is missing", marker)
+        if hashlib.sha256(d.read_bytes(man)).hexdigest() != marker.get(schema.MARKER_MANIFEST_SHA256):
+            return ShardCheck("damaged", f"{d.path(man)} differs from the marker's sha256", marker)
+        if verify_tar and _sha256(d, tar) != marker.get(schema.MARKER_TAR_SHA256):
+            return ShardCheck("damaged", f"{d.path(tar)} differs from the marker's sha256", marker)
+    except OSError as exc:
+        return ShardCheck("damaged", f"cannot read shard {plan.index}: {exc}", marker)
+    return ShardCheck("done", "", marker)
 
 
-def stale_shards(out_split: str, split: str, num_shards: int) -> list[str]:
+def stale_shards(out: str | SplitDir, split: str, num_shards: int) -> list[str]:
     """Done markers of shards past the end of the plan (left by a run with another shard plan)."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    prefix = schema.shard_name(split, 0)[:-6]  # "<split>-"
     stale = []
-    for path in fs.glob(posixpath.join(root, schema.DONE_GLOB)):
-        stem = posixpath.basename(path).rsplit(".", 1)[0]
-        index = stem[len(prefix):]
-        if stem.startswith(prefix) and index.isdigit() and int(index) >= num_shards:
-            stale.append(posixpath.basename(path))
+    for path in as_split(out).done_files():
+        name = path.rsplit("/", 1)[-1]
+        index = schema.shard_index(name.rsplit(".", 1)[0], split)
+        if index is not None and index >= num_shards:
+            stale.append(name)
     return sorted(stale)
 
 
-def shard_failures(out_split: str, split: str, index: int) -> list[str]:
+def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
     """Error types of the failed rows in a shard's manifest ([] when it has none or no manifest)."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    path = posixpath.join(root, schema.shard_manifest(split, index))
-    if not fs.exists(path):
+    d = as_split(out)
+    rel = schema.shard_manifest(split, index)
+    if not d.exists(rel):
         return []
-    with fs.open(path, "rb") as f:
+    with d.fs.open(d.path(rel), "rb") as f:
         rows = pq.read_table(f, columns=["status", "error_type"]).to_pylist()
     return [r["error_type"] for r in rows if r["status"] != schema.STATUS_OK]
 
 
-def select_shards(plans: list[ShardPlan], out_split: str, split: str, *, shards: set[int] | None = None,
-                  retry_failed: bool = False, options: dict | None = None
-                  ) -> tuple[list[ShardPlan], list[ShardPlan]]:
-    """Split ``plans`` into (to run, skipped).
+@dataclass
+class Selection:
+    """Which shards this run writes and which it keeps; ``mismatched`` finished shards were written
+    with another fingerprint (or have unreadable markers) and are neither, unless redone."""
 
-    A shard with a done marker is skipped unless ``retry_failed`` is set and its manifest has failed
-    rows. ``shards`` limits the run to those shards and, without ``retry_failed``, redoes them.
+    run: list[ShardPlan]
+    skip: list[ShardPlan]
+    mismatched: dict[int, str]
+
+
+def select_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, *, fingerprint: dict | None = None,
+                  shards: set[int] | None = None, retry_failed: bool = False, redo_mismatched: bool = False,
+                  verify_tar: bool = False) -> Selection:
+    """Decide every planned shard: a shard is kept only when :func:`check_shard` proves it done.
+
+    Missing, damaged or other-videos shards are (re)done; ``retry_failed`` also redoes done shards
+    with failed rows; ``shards`` limits the run to those shards and, without ``retry_failed``, redoes
+    them. A shard of another fingerprint is redone only with ``redo_mismatched`` (else it is listed in
+    ``mismatched`` and the caller refuses to mix).
     """
     if shards is not None:
         unknown = sorted(shards - {p.index for p in plans})
         if unknown:
             raise ValueError(f"--shards names shards outside the plan (0-{len(plans) - 1}): {unknown}")
-    run, skip = [], []
+    sel = Selection([], [], {})
     for p in plans:
+        check = check_shard(out, split, p, fingerprint, verify_tar)
+        if check.state in ("mismatch", "unreadable"):
+            if redo_mismatched:
+                log.warning("shard %d: %s: redoing it (--redo-mismatched)", p.index, check.detail)
+                sel.run.append(p)
+            else:
+                sel.mismatched[p.index] = check.detail
+            continue
         if shards is not None and p.index not in shards:
             chosen = False
         elif shards is not None and not retry_failed:
             chosen = True  # explicitly named: redo
-        elif not shard_is_done(out_split, split, p, options):
+        elif check.state != "done":
+            if check.state != "missing":
+                log.warning("shard %d is %s (%s): redoing it", p.index, check.state, check.detail)
             chosen = True
         else:
-            chosen = retry_failed and bool(shard_failures(out_split, split, p.index))
-        (run if chosen else skip).append(p)
-    return run, skip
+            chosen = retry_failed and bool(shard_failures(out, split, p.index))
+        (sel.run if chosen else sel.skip).append(p)
+    return sel
 
 
-def clean_partials(out_split: str) -> int:
+def clean_partials(out: str | SplitDir) -> int:
     """Remove temporary files left by an interrupted run; return how many."""
-    fs, root = fsspec.core.url_to_fs(out_split)
-    n = 0
-    for sub in ("shards", "manifest", "done"):
-        for path in fs.glob(posixpath.join(root, sub, f"*{schema.TMP_SUFFIX}")):
-            fs.rm(path)
-            n += 1
-    return n
+    d = as_split(out)
+    paths = d.temp_files()
+    for path in paths:
+        d.fs.rm(path)
+    return len(paths)

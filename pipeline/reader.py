@@ -3,6 +3,7 @@
 ``list_videos(split) -> [VideoRef]``, ``plan_video(ref, cfg) -> VideoPlan`` (raises a SampleError for a
 video-level failure), ``read_segments(plan, cfg)`` yields one SegmentData or Failure per planned
 segment, decoding only the frames it needs, with a small cache shared by consecutive segments.
+``read_video(ref, cfg)`` is the reader step of the job: the stream of one video (see its docstring).
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, Union
 
 import numpy as np
 
 from mava import schema
+from models.base import output_option, runtime_option
 from pipeline import sav, video
 from pipeline.errors import (
-    AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, RleSizeMismatch,
-    SampleError, UnsafeId, VideoCorrupt,
+    AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, Failure, ReaderError,
+    RleSizeMismatch, SampleError, UnsafeId, VideoCorrupt, VideoMissing,
 )
 from pipeline.sav import VideoRef, list_videos  # noqa: F401  (re-exported API)
 from pipeline.segments import Segment, SegmentData, plan_masklet
@@ -31,22 +33,12 @@ MASKLET_CHOICES = ("manual", "auto", "all")
 
 @dataclass
 class ReaderConfig:
-    masklets: str = "manual"     # manual | auto | all
-    segment_len: int = 12        # annotated frames per segment
-    backend: str = "decord"      # decord | pyav
-    threads: int = 1             # decoder threads per reader (Ray readers get one CPU each)
+    """How videos are read and cut; fields are classified like MatterConfig's (output or runtime)."""
 
-
-@dataclass
-class Failure:
-    """A planned sample that failed; it becomes a failed manifest row."""
-
-    key: str
-    video_id: str
-    source: str | None
-    masklet_id: int | None
-    start: int | None
-    error: SampleError
+    masklets: str = output_option("manual", "manual | auto | all")
+    segment_len: int = output_option(12, "annotated frames per segment")
+    backend: str = runtime_option("decord", "decord | pyav (both decode the same frames)")
+    threads: int = runtime_option(1, "decoder threads per reader (Ray readers get one CPU each)")
 
 
 @dataclass
@@ -54,11 +46,48 @@ class VideoPlan:
     ref: VideoRef
     segments: list[Segment]      # in frame order (start, then key): one forward decode pass serves all masklets
     failures: list[Failure]      # masklet-level problems (key = sample_key(vid, src, mid, 0))
-    height: int
+    height: int                  # of the frames read_segments returns (after ``rotation``)
     width: int
-    num_frames: int
+    num_frames: int | None       # None only in plans made from annotations alone (cost model), when undeclared
     fps_ratio: int = 4
     rles: dict[tuple[str, int], list[dict]] = field(default_factory=dict, repr=False)
+    rotation: int = 0            # clockwise degrees applied to the coded pictures to give the frames
+    display_rotation: int = 0    # the container's display rotation (clockwise degrees)
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    """What planning needs to know about a video: measured by the decoder (reader) or declared by the
+    annotation JSON (cost model)."""
+
+    url: str
+    height: int                  # frame size in the orientation the frames will be read in
+    width: int
+    num_frames: int | None       # None: unknown, annotated frames are not range-checked
+    fps_ratio: int
+    rotation: int = 0            # as VideoPlan.rotation / display_rotation
+    display_rotation: int = 0
+
+    def size_mismatch(self, path: str, height: int, width: int) -> RleSizeMismatch:
+        """The error for an annotation file whose declared size fits neither orientation of the video."""
+        msg = f"annotation size {height}x{width} differs from the video size {self.height}x{self.width} ({self.url})"
+        if self.display_rotation:
+            coded = video.rotated_size(self.height, self.width, -self.rotation)
+            shown = video.rotated_size(*coded, self.display_rotation)
+            msg += (f"; the container's display rotation is {self.display_rotation} degrees and the annotation "
+                    f"matches neither the displayed {shown[0]}x{shown[1]} nor the coded {coded[0]}x{coded[1]} pictures")
+        return RleSizeMismatch(path, msg)
+
+
+@dataclass
+class MaskletPlan:
+    """One masklet planned: its segments and per-annotated-frame RLEs, or the error that fails it."""
+
+    source: str
+    masklet_id: int
+    segments: list[Segment]
+    rles: list[dict]
+    error: SampleError | None = None
 
 
 def masklet_sources(cfg: ReaderConfig) -> tuple[str, ...]:
@@ -77,61 +106,149 @@ def _masklet_failure(vid: str, src: str, mid: int, err: SampleError) -> Failure:
     return Failure(schema.sample_key(vid, src, mid, 0), vid, src, mid, 0, err)
 
 
-def plan_video(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
-    """Validate one video and cut its masklets into segments.
+def plan_one_masklet(video_id: str, source: str, masklet_id: int, num_ann: int,
+                     frame: Callable[[int], tuple[dict, bool]], where: str, segment_len: int,
+                     fps_ratio: int) -> MaskletPlan:
+    """The per-masklet planning step of both layouts and the cost model.
 
-    Raises a SampleError subclass when nothing of the video can be read (unsafe id, missing or
-    malformed JSON, missing or unopenable video, sizes that differ, annotations past the video end).
+    Reads every annotated frame's mask through ``frame(i) -> (rle, visible)`` (which raises
+    RleSizeMismatch or AnnotationMalformed for a bad mask: that fails this masklet only), tiles the
+    visible span with windows, and fails a masklet that is never visible with EmptyMasklet (``where``
+    names its file or folder).
     """
-    if not schema.is_safe_id(ref.video_id):
-        raise UnsafeId(ref.id_source or str(ref.video_url), f"unsafe video id {ref.video_id!r}")
-    sources = masklet_sources(cfg)
-    if ref.layout == sav.LAYOUT_FRAMES:
-        return _plan_frames_layout(ref, cfg, sources)
+    rles, visible = [], []
+    try:
+        for i in range(num_ann):
+            rle, vis = frame(i)
+            rles.append(rle)
+            visible.append(vis)
+    except (RleSizeMismatch, AnnotationMalformed) as e:
+        return MaskletPlan(source, masklet_id, [], [], e)
+    segs = plan_masklet(video_id, source, masklet_id, visible, segment_len, fps_ratio)
+    if not segs:
+        return MaskletPlan(source, masklet_id, [], [], EmptyMasklet(
+            where, f"masklet {masklet_id} is empty in all {num_ann} annotated frames"))
+    return MaskletPlan(source, masklet_id, segs, rles)
+
+
+def plan_annotation(ann: sav.Annotation, facts: VideoFacts, segment_len: int) -> list[MaskletPlan]:
+    """Plan every masklet of one annotation file against a video described by ``facts``.
+
+    Raises (failing the whole video) RleSizeMismatch when the file's size differs from the video's
+    or when every masklet's RLE size differs, AnnotationOutOfRange when annotated frames map past
+    the video's last frame.
+    """
+    h, w = facts.height, facts.width
+    if (ann.height, ann.width) != (h, w):
+        raise facts.size_mismatch(ann.path, ann.height, ann.width)
+    if facts.num_frames is not None:
+        _check_range(ann.path, ann.num_frames, facts.fps_ratio, facts.num_frames)
+
+    def frame(j: int, mid: int) -> Callable[[int], tuple[dict, bool]]:
+        def read(i: int) -> tuple[dict, bool]:
+            rle = ann.rles[i][j]
+            return rle, sav.check_rle(rle, h, w, ann.path, f"masklet {mid} annotated frame {i}") > 0
+        return read
+
+    plans = [plan_one_masklet(ann.video_id, ann.source, mid, ann.num_frames, frame(j, mid), ann.path,
+                              segment_len, facts.fps_ratio)
+             for j, mid in enumerate(ann.masklet_ids)]
+    size_errors = sum(isinstance(p.error, RleSizeMismatch) for p in plans)
+    if ann.masklet_ids and size_errors == len(ann.masklet_ids):
+        raise RleSizeMismatch(ann.path, f"every masklet's RLE size differs from the video size {h}x{w}")
+    return plans
+
+
+def _assemble(ref: VideoRef, plans: list[MaskletPlan], facts: VideoFacts) -> VideoPlan:
+    segments: list[Segment] = []
+    failures: list[Failure] = []
+    rles: dict[tuple[str, int], list[dict]] = {}
+    for p in plans:
+        if p.error is not None:
+            failures.append(_masklet_failure(ref.video_id, p.source, p.masklet_id, p.error))
+            continue
+        segments.extend(p.segments)
+        rles[(p.source, p.masklet_id)] = p.rles
+    segments.sort(key=lambda s: (s.start, s.key))
+    failures.sort(key=lambda f: f.key)
+    return VideoPlan(ref, segments, failures, facts.height, facts.width, facts.num_frames, facts.fps_ratio, rles,
+                     facts.rotation, facts.display_rotation)
+
+
+def _load_annotations(ref: VideoRef, cfg: ReaderConfig) -> list[sav.Annotation]:
+    """The selected annotation files of a train-layout video (``auto`` is optional with ``all``)."""
     anns = []
-    for src in sources:
+    for src in masklet_sources(cfg):
         url = ref.manual_url if src == "manual" else ref.auto_url
         if url is None:
             if cfg.masklets == "all" and src == "auto":
                 continue  # auto files are optional when reading everything
             raise AnnotationMissing(str(ref.video_url), f"no {src} annotation file for {ref.video_id}")
         anns.append(sav.load_annotation(url, src, ref.video_id))
+    return anns
+
+
+def _check_id(ref: VideoRef) -> None:
+    if not schema.is_safe_id(ref.video_id):
+        raise UnsafeId(ref.id_source or str(ref.video_url), f"unsafe video id {ref.video_id!r}")
+
+
+def _plan_train(ref: VideoRef, anns: list[sav.Annotation], facts: VideoFacts, segment_len: int) -> VideoPlan:
+    plans: list[MaskletPlan] = []
+    for ann in anns:
+        plans.extend(plan_annotation(ann, facts, segment_len))
+    return _assemble(ref, plans, facts)
+
+
+def plan_video(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
+    """Validate one video and cut its masklets into segments.
+
+    Raises a SampleError subclass when nothing of the video can be read (unsafe id, missing or
+    malformed JSON, missing or unopenable video, sizes that differ, annotations past the video end).
+
+    A rotated mp4 (display matrix or ``rotate`` tag) is read display-oriented when the annotation
+    size matches the displayed frames (always for 180 degrees), as coded when it matches the coded
+    pictures; ``plan.rotation`` says which, ``plan.display_rotation`` what the container asks for.
+    """
+    _check_id(ref)
+    sources = masklet_sources(cfg)
+    if ref.layout == sav.LAYOUT_FRAMES:
+        return _plan_frames_layout(ref, cfg, sources)
+    anns = _load_annotations(ref, cfg)
     dec = video.open_video(ref.video_url, cfg.backend, threads=cfg.threads)
     try:
-        h, w, n, fps = dec.height, dec.width, dec.num_frames, dec.fps
+        h, w, n, fps, shown = dec.height, dec.width, dec.num_frames, dec.fps, dec.display_rotation
     finally:
         dec.close()
-    ratio = _fps_ratio(fps)
-    segments: list[Segment] = []
-    failures: list[Failure] = []
-    rles: dict[tuple[str, int], list[dict]] = {}
-    for ann in anns:
-        if (ann.height, ann.width) != (h, w):
-            raise RleSizeMismatch(ann.path, f"annotation size {ann.height}x{ann.width} differs from the "
-                                            f"video size {h}x{w} ({ref.video_url})")
-        _check_range(ann.path, ann.num_frames, ratio, n)
-        size_errors = 0
-        for j, mid in enumerate(ann.masklet_ids):
-            try:
-                areas = np.array([sav.check_rle(ann.rles[i][j], h, w, ann.path,
-                                                f"masklet {mid} annotated frame {i}")
-                                  for i in range(ann.num_frames)])
-            except (RleSizeMismatch, AnnotationMalformed) as e:
-                size_errors += isinstance(e, RleSizeMismatch)
-                failures.append(_masklet_failure(ref.video_id, ann.source, mid, e))
-                continue
-            segs = plan_masklet(ref.video_id, ann.source, mid, areas > 0, cfg.segment_len, ratio)
-            if not segs:
-                failures.append(_masklet_failure(ref.video_id, ann.source, mid, EmptyMasklet(
-                    ann.path, f"masklet {mid} is empty in all {ann.num_frames} annotated frames")))
-                continue
-            segments.extend(segs)
-            rles[(ann.source, mid)] = [ann.rles[i][j] for i in range(ann.num_frames)]
-        if ann.masklet_ids and size_errors == len(ann.masklet_ids):
-            raise RleSizeMismatch(ann.path, f"every masklet's RLE size differs from the video size {h}x{w}")
-    segments.sort(key=lambda s: (s.start, s.key))
-    failures.sort(key=lambda f: f.key)
-    return VideoPlan(ref, segments, failures, h, w, n, ratio, rles)
+    rotation = shown
+    size = (anns[0].height, anns[0].width)
+    if shown % 180 and size != (h, w) and size == (w, h):
+        log.warning("%s: the annotation matches the coded %dx%d pictures, not the %d-degree display rotation; "
+                    "reading the coded pictures", ref.video_id, w, h, shown)
+        h, w, rotation = w, h, 0
+    facts = VideoFacts(str(ref.video_url), h, w, n, _fps_ratio(fps), rotation, shown)
+    return _plan_train(ref, anns, facts, cfg.segment_len)
+
+
+def plan_from_annotations(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
+    """What :func:`plan_video` plans for a train-layout video, from its annotation JSON alone.
+
+    The cost model's plan: it opens no video. The video's size, frame count and fps are the ones
+    the (first selected) JSON declares (``video_height``/``video_width``, ``video_frame_count``,
+    ``video_frame_count / video_duration``) and the video file is only checked to exist. So it
+    differs from :func:`plan_video` only for a video that cannot be opened or decoded, or whose real
+    size, frame count or fps differs from what its JSON declares (then the reader fails the video
+    or reads it in another orientation; here it is planned as declared).
+    """
+    _check_id(ref)
+    if ref.layout != sav.LAYOUT_TRAIN:
+        raise ValueError(f"{ref.video_id}: planning from annotations alone needs the train layout (mp4 + JSON)")
+    anns = _load_annotations(ref, cfg)
+    if not sav.exists(ref.video_url):
+        raise VideoMissing(str(ref.video_url), "video does not exist")
+    first = anns[0]
+    facts = VideoFacts(str(ref.video_url), first.height, first.width, first.frame_count, _fps_ratio(first.fps))
+    return _plan_train(ref, anns, facts, cfg.segment_len)
 
 
 def _check_range(path: str, n_ann: int, ratio: int, n_frames: int) -> None:
@@ -144,19 +261,37 @@ def _check_range(path: str, n_ann: int, ratio: int, n_frames: int) -> None:
 _DIGITS = re.compile(r"^\d{1,9}$")
 
 
-def _plan_frames_layout(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ...]) -> VideoPlan:
-    """Val/test layout: JPEG frame folder + per-object PNG masks named by video frame number."""
+def _png_mask(frames: dict[int, str], empty: dict, h: int, w: int) -> Callable[[int], tuple[dict, bool]]:
+    """``frame(i)`` of one frames-layout object: its PNG mask of annotated frame i as an RLE."""
     from PIL import Image, UnidentifiedImageError
 
+    def read(i: int) -> tuple[dict, bool]:
+        if i not in frames:
+            return empty, False
+        fs, path = sav.url_fs(frames[i])
+        try:
+            with fs.open(path, "rb") as f:
+                m = np.asarray(Image.open(f).convert("L")) > 0
+        except (OSError, UnidentifiedImageError, SyntaxError) as e:
+            raise AnnotationMalformed(frames[i], f"cannot decode mask PNG: {e}") from e
+        if m.shape != (h, w):
+            raise RleSizeMismatch(frames[i], f"mask size {m.shape[0]}x{m.shape[1]} differs from the video size {h}x{w}")
+        return sav.encode_mask(m), bool(m.any())
+    return read
+
+
+def _plan_frames_layout(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ...]) -> VideoPlan:
+    """Val/test layout: JPEG frame folder + per-object PNG masks named by video frame number."""
     if not sav.isdir(ref.mask_url):
         raise AnnotationMissing(ref.mask_url, "mask folder does not exist")
     dec = video.open_video(ref.video_url, cfg.backend)
     h, w, n = dec.height, dec.width, dec.num_frames
     dec.close()
     ratio = _fps_ratio(sav.VIDEO_FPS)
+    facts = VideoFacts(str(ref.video_url), h, w, n, ratio)
     if "manual" not in sources:
         log.info("%s: the frames layout has manual masks only; nothing for %s", ref.video_id, cfg.masklets)
-        return VideoPlan(ref, [], [], h, w, n, ratio, {})
+        return _assemble(ref, [], facts)
     objects: dict[int, dict[int, str]] = {}
     for name, typ in sav._ls(ref.mask_url):
         if typ != "directory":
@@ -176,39 +311,11 @@ def _plan_frames_layout(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ..
     n_ann = max((max(f) + 1 for f in objects.values() if f), default=0)
     if n_ann:
         _check_range(ref.mask_url, n_ann, ratio, n)
-    segments, failures, rles = [], [], {}
     empty = sav.encode_mask(np.zeros((h, w), dtype=bool))
-    for mid, frames in sorted(objects.items()):
-        seq, vis = [], []
-        try:
-            for i in range(n_ann):
-                if i not in frames:
-                    seq.append(empty)
-                    vis.append(False)
-                    continue
-                fs, path = sav.url_fs(frames[i])
-                try:
-                    with fs.open(path, "rb") as f:
-                        m = np.asarray(Image.open(f).convert("L")) > 0
-                except (OSError, UnidentifiedImageError, SyntaxError) as e:
-                    raise AnnotationMalformed(frames[i], f"cannot decode mask PNG: {e}") from e
-                if m.shape != (h, w):
-                    raise RleSizeMismatch(frames[i], f"mask size {m.shape[0]}x{m.shape[1]} differs from the video size {h}x{w}")
-                seq.append(sav.encode_mask(m))
-                vis.append(bool(m.any()))
-        except (RleSizeMismatch, AnnotationMalformed) as e:
-            failures.append(_masklet_failure(ref.video_id, "manual", mid, e))
-            continue
-        segs = plan_masklet(ref.video_id, "manual", mid, vis, cfg.segment_len, ratio)
-        if not segs:
-            failures.append(_masklet_failure(ref.video_id, "manual", mid, EmptyMasklet(
-                sav.join(ref.mask_url, f"{mid:03d}"), f"masklet {mid} is empty in all {n_ann} annotated frames")))
-            continue
-        segments.extend(segs)
-        rles[("manual", mid)] = seq
-    segments.sort(key=lambda s: (s.start, s.key))
-    failures.sort(key=lambda f: f.key)
-    return VideoPlan(ref, segments, failures, h, w, n, ratio, rles)
+    plans = [plan_one_masklet(ref.video_id, "manual", mid, n_ann, _png_mask(frames, empty, h, w),
+                              sav.join(ref.mask_url, f"{mid:03d}"), cfg.segment_len, ratio)
+             for mid, frames in sorted(objects.items())]
+    return _assemble(ref, plans, facts)
 
 
 class _FrameCache:
@@ -237,7 +344,7 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
         return
     vid = plan.ref.video_id
     try:
-        dec = video.open_video(plan.ref.video_url, cfg.backend, threads=cfg.threads)
+        dec = video.open_video(plan.ref.video_url, cfg.backend, threads=cfg.threads, rotation=plan.rotation)
     except SampleError as e:
         for s in plan.segments:
             yield Failure(s.key, vid, s.source, s.masklet_id, s.start, e)
@@ -249,6 +356,8 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
                 yield Failure(s.key, vid, s.source, s.masklet_id, s.start, err)
             return
         cache = _FrameCache(dec, cfg.segment_len)
+        # recorded in the sample metadata only when the video is rotated (older samples stay valid)
+        facts = {k: v for k, v in (("rotation", plan.rotation), ("display_rotation", plan.display_rotation)) if v}
         for s in plan.segments:
             try:
                 frames = cache.get(s.video_frames)
@@ -257,6 +366,63 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
                 continue
             rles = plan.rles[(s.source, s.masklet_id)][s.start:s.start + s.length]
             masks = np.stack([sav.decode_rle(r) for r in rles])
-            yield SegmentData(s, frames, masks, list(rles))
+            yield SegmentData(s, frames, masks, list(rles), dict(facts))
     finally:
         dec.close()
+
+
+# --- the reader step of the job -------------------------------------------------------------------
+
+
+@dataclass
+class VideoHeader:
+    """First item of a reader stream: the keys that follow, in order, and what already failed."""
+
+    video_id: str
+    keys: list[str]
+    failures: list[Failure]
+
+
+@dataclass(frozen=True)
+class Next:
+    """Announces that the next item of a reader stream is the SegmentData of ``key`` (small, so the
+    driver can route failures and pixels apart without fetching pixels)."""
+
+    key: str
+
+
+StreamItem = Union[VideoHeader, Next, SegmentData, Failure]
+
+
+def read_video(ref: VideoRef, cfg: ReaderConfig) -> Iterator[StreamItem]:
+    """The stream of one video: a VideoHeader, then per planned key either a Failure or ``Next(key)``
+    followed by its SegmentData.
+
+    Never raises: typed input errors become failures, and so does anything unexpected (as
+    ReaderError, logged with its traceback), so one bad video cannot fail its shard.
+    """
+    try:
+        plan = plan_video(ref, cfg)
+    except Exception as exc:  # noqa: BLE001 - recorded as this video's failed row
+        err = exc if isinstance(exc, SampleError) else _unexpected(ref, exc)
+        yield VideoHeader(ref.video_id, [], [Failure.of_video(ref.video_id, err)])
+        return
+    yield VideoHeader(ref.video_id, [s.key for s in plan.segments], list(plan.failures))
+    done = 0
+    try:
+        for item in read_segments(plan, cfg):
+            if isinstance(item, Failure):
+                yield item
+            else:
+                yield Next(item.segment.key)
+                yield item
+            done += 1
+    except Exception as exc:  # noqa: BLE001 - the rest of this video's samples fail, recorded
+        err = _unexpected(ref, exc)
+        for s in plan.segments[done:]:
+            yield Failure(s.key, s.video_id, s.source, s.masklet_id, s.start, err)
+
+
+def _unexpected(ref: VideoRef, exc: Exception) -> ReaderError:
+    log.exception("unexpected error reading %s", ref.video_id)
+    return ReaderError(str(getattr(ref, "video_url", None) or ref.video_id), f"{type(exc).__name__}: {exc}")

@@ -7,24 +7,74 @@ import dataclasses
 import datetime
 import json
 import logging
-import posixpath
 import subprocess
 import sys
 from pathlib import Path
 
-import fsspec
-
 from mava import schema
 from models.base import MatterConfig, available_matters
-from pipeline.job import JobConfig, JobResult, ResourceConfig, init_ray, run_job
+from mava.manifest import SplitDir
+from pipeline.executor import ResourceConfig
+from pipeline.job import JobConfig, JobError, JobResult, run_job
 from pipeline.plan import parse_shard_spec
 from pipeline.reader import ReaderConfig
 
 log = logging.getLogger("pipeline.run")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``error: ...``) and exit 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is less than {lo}")
+        return v
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1]")
+    return v
+
+
+def _shard_spec(text: str) -> set[int]:
+    try:
+        shards = parse_shard_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not shards:
+        raise argparse.ArgumentTypeError(f"{text!r} names no shard")
+    return shards
+
+
+def _long_side(text: str) -> int:
+    v = _int_at_least(64)(text)
+    if v % 64:
+        raise argparse.ArgumentTypeError(f"{v} is not a multiple of 64 (the model's latent grid)")
+    return v
+
+
+positive = _int_at_least(1)
+non_negative = _int_at_least(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m pipeline.run",
         description="Matte every masklet of an SA-V split and write MA-V: WebDataset shards, a parquet "
                     "manifest and a done marker per shard under <out>/<split>/. Reruns skip finished shards.",
@@ -35,16 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", default="out/mava", help="output root (path or fsspec URL); writes <out>/<split>/")
     io.add_argument("--masklets", choices=["manual", "auto", "all"], default="manual",
                     help="which masklets to matte")
-    io.add_argument("--segment-len", type=int, default=12, help="annotated frames per segment (max 100)")
+    io.add_argument("--segment-len", type=_int_at_least(1), default=12,
+                    help=f"annotated frames per segment (1..{schema.MAX_SEGMENT_LEN})")
     io.add_argument("--frames", choices=["jpg", "none"], default="jpg",
                     help="also store the RGB frames of each segment as JPEG (needed for training)")
     io.add_argument("--backend", choices=["decord", "pyav"], default="decord", help="video decoder")
     sh = p.add_argument_group("shards")
-    sh.add_argument("--videos-per-shard", type=int, default=8, help="videos per shard (fixes the shard plan)")
-    sh.add_argument("--shards", default=None, help="only these shards of the plan, e.g. '3,7-9' (redone)")
+    sh.add_argument("--videos-per-shard", type=positive, default=8, help="videos per shard (fixes the shard plan)")
+    sh.add_argument("--shards", type=_shard_spec, default=None,
+                    help="only these shards of the plan, e.g. '3,7-9' (redone)")
     sh.add_argument("--retry-failed", action="store_true",
                     help="redo finished shards whose manifest has failed rows (and unfinished ones)")
-    sh.add_argument("--limit-videos", type=int, default=None, help="use only the first N videos of the split")
+    sh.add_argument("--redo-mismatched", action="store_true",
+                    help="redo finished shards written with another fingerprint (matter, weights or an "
+                         "output-changing option) or with unreadable done markers; without it such a rerun "
+                         "refuses (exit 2) instead of mixing")
+    sh.add_argument("--verify-skipped", action="store_true",
+                    help="before skipping a finished shard, also check its tar's sha256 against the done marker "
+                         "(always checked: the tar's size and the manifest's sha256)")
+    sh.add_argument("--max-matter-failures", type=_fraction, default=0.5,
+                    help="a shard where the matter fails on more than this fraction of the samples it was given "
+                         "is not marked done and fails the run (a guard against unrecognised system errors)")
+    sh.add_argument("--lease-timeout", type=positive, default=300,
+                    help="seconds without heartbeat after which another run's lease on the output is stale "
+                         "and taken over")
+    sh.add_argument("--limit-videos", type=positive, default=None, help="use only the first N videos of the split")
     m = p.add_argument_group("matter")
     m.add_argument("--matter", default="videomama",
                    help=f"matter name ({', '.join(available_matters())}) or 'module:Factory'")
@@ -53,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     m.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="model dtype; auto = bf16 on GPU, fp32 on CPU")
-    m.add_argument("--long-side", type=int, default=1024, help="model resolution: long side in pixels (x64)")
-    m.add_argument("--batch-size", type=int, default=1, help="segments per forward pass")
+    m.add_argument("--long-side", type=_long_side, default=1024, help="model resolution: long side in pixels (x64)")
+    m.add_argument("--batch-size", type=positive, default=1, help="segments per forward pass")
     m.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same mattes)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
     m.add_argument("--compile-mode", default="default",
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode (with --compile)")
-    m.add_argument("--decode-chunk", type=int, default=12, help="VAE decode chunk in frames (memory vs speed)")
+    m.add_argument("--decode-chunk", type=positive, default=12, help="VAE decode chunk in frames (memory vs speed)")
     m.add_argument("--posterior", choices=["sample", "mode"], default="sample",
                    help="VAE posterior of the condition latents: seeded sample (as released) or mode")
     m.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning on GPU")
@@ -69,23 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("cluster")
     r.add_argument("--address", default=None,
                    help="Ray address; default: the cluster of `ray job submit`/RAY_ADDRESS, else a new local one")
-    r.add_argument("--num-actors", type=int, default=None,
+    r.add_argument("--num-actors", type=positive, default=None,
                    help="matter actors; default one per GPU, else --cpu-actors")
-    r.add_argument("--cpu-actors", type=int, default=1, help="matter actors when the cluster has no GPU")
-    r.add_argument("--num-gpus", type=int, default=None, help="local cluster only: GPUs to declare")
-    r.add_argument("--num-cpus", type=int, default=None, help="local cluster only: CPUs to declare")
+    r.add_argument("--cpu-actors", type=positive, default=1, help="matter actors when the cluster has no GPU")
+    r.add_argument("--num-gpus", type=non_negative, default=None, help="local cluster only: GPUs to declare")
+    r.add_argument("--num-cpus", type=positive, default=None, help="local cluster only: CPUs to declare")
     r.add_argument("--dashboard", action="store_true", help="local cluster only: start the Ray dashboard")
-    r.add_argument("--read-ahead", type=int, default=2, help="videos being read at once per actor")
-    r.add_argument("--queue-depth", type=int, default=2, help="batches queued per actor")
-    r.add_argument("--max-restarts", type=int, default=3, help="restarts of a crashed actor (and retries)")
+    r.add_argument("--read-ahead", type=positive, default=2, help="videos being read at once per actor")
+    r.add_argument("--queue-depth", type=positive, default=2, help="batches queued per actor")
+    r.add_argument("--max-restarts", type=non_negative, default=3,
+                   help="restarts of a crashed actor (and retries of its batch), e.g. after a GPU error")
+    r.add_argument("--writers", type=positive, default=None,
+                   help="shard writer actors (default: one per 4 matter actors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", help="logging level")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> JobConfig:
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> JobConfig:
     if not 1 <= args.segment_len <= schema.MAX_SEGMENT_LEN:
-        raise SystemExit(f"--segment-len must be in 1..{schema.MAX_SEGMENT_LEN}")
+        (parser or build_parser()).error(f"--segment-len must be in 1..{schema.MAX_SEGMENT_LEN}")
     matter = MatterConfig(checkpoint=args.checkpoint, base_model=args.base_model, device=args.device,
                           dtype=args.dtype, seed=args.seed, long_side=args.long_side,
                           segment_len=args.segment_len, batch_size=args.batch_size, compile=args.compile,
@@ -93,14 +161,17 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
                           cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
                           pin_memory=args.pin_memory)
     resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
-                               num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard, read_ahead=args.read_ahead,
-                               queue_depth=args.queue_depth, max_restarts=args.max_restarts)
+                               num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
+                               read_ahead=args.read_ahead, queue_depth=args.queue_depth,
+                               max_restarts=args.max_restarts, writers=args.writers)
     return JobConfig(
         split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,
         reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, backend=args.backend),
         resources=resources, videos_per_shard=args.videos_per_shard,
-        shards=parse_shard_spec(args.shards) if args.shards else None, retry_failed=args.retry_failed,
-        limit_videos=args.limit_videos, frames=args.frames, progress=not args.no_progress)
+        shards=args.shards, retry_failed=args.retry_failed, redo_mismatched=args.redo_mismatched,
+        verify_skipped=args.verify_skipped, max_matter_failures=args.max_matter_failures,
+        lease_timeout_s=args.lease_timeout, limit_videos=args.limit_videos, frames=args.frames,
+        progress=not args.no_progress)
 
 
 def code_version() -> str:
@@ -115,14 +186,16 @@ def code_version() -> str:
 
 
 def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
-    """Write ``<out>/<split>/run.json`` (this run first, earlier runs kept under 'history')."""
-    fs, root = fsspec.core.url_to_fs(cfg.out_split)
-    path = posixpath.join(root, schema.RUN_JSON)
-    history = []
-    if fs.exists(path):
-        with fs.open(path, "r") as f:
-            old = json.load(f)
-        history = old.pop("history", []) + [old]
+    """Write ``<out>/<split>/run.json`` atomically: this run first, earlier runs kept under 'history'."""
+    out = SplitDir(cfg.out_split)
+    history: list = []
+    if out.exists(schema.RUN_JSON):
+        try:
+            old = json.loads(out.read_bytes(schema.RUN_JSON))
+            history = old.pop("history", []) + [old]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+            log.warning("the previous %s is unreadable (%s): starting a new history", out.path(schema.RUN_JSON), exc)
+            history = [{"unreadable_previous_run_json": str(exc)}]
     alive = [a["info"]["matter"] for a in result.actors if "matter" in a["info"]]
     matter = alive[0] if alive else {"name": cfg.matter}
     conf = dataclasses.asdict(cfg)
@@ -130,24 +203,23 @@ def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
     doc = {
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(), "config": conf, "matter": matter,
-        "checkpoint_sha256": matter.get("weights_sha256"), "num_shards": num_shards,
-        "summary": result.summary(), "actors": result.actors, "history": history[-20:],
+        "fingerprint": result.fingerprint,
+        "checkpoint_sha256": matter.get("weights_sha256"), schema.RUN_NUM_SHARDS: num_shards,
+        "summary": result.summary(), "errors": result.errors, "actors": result.actors, "history": history[-20:],
     }
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(path, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    return path
+    out.write_atomic(schema.RUN_JSON, json.dumps(doc, indent=1, default=str).encode())
+    return out.path(schema.RUN_JSON)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
-    init_ray(cfg.resources)
+    cfg = config_from_args(args, parser)
     try:
         result, plans = run_job(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
+    except (JobError, FileNotFoundError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     path = write_run_json(cfg, result, len(plans))
     s = result.summary()
@@ -158,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
           f"actor utilisation {s['actor_utilisation']} (warm {s['actor_utilisation_warm']}); output {cfg.out_split}; run record {path}")
     for index, reason in sorted(result.shards_failed.items()):
         print(f"shard {index} FAILED: {reason}", file=sys.stderr)
+    for err in result.errors:
+        print(f"run FAILED: {err}", file=sys.stderr)
     return result.exit_code
 
 

@@ -280,6 +280,7 @@ class Annotation:
     rles: list[list[dict]]
     fps: float | None = None         # video fps from video_frame_count / video_duration
     first_appeared: list[int | None] = field(default_factory=list)  # annotated frame index
+    frame_count: int | None = None   # declared video frames (video_frame_count), when a whole number
 
     @property
     def num_frames(self) -> int:
@@ -363,4 +364,5 @@ def load_annotation(url: str, source: str, video_id: str) -> Annotation:
     first_appeared: list[int | None] = [None] * n_obj
     if isinstance(first, list) and len(first) == n_obj:
         first_appeared = [int(v) if _opt_float(v) is not None else None for v in first]
-    return Annotation(url, source, video_id, height, width, ids, frames, fps, first_appeared)
+    frame_count = int(count) if count and count > 0 and count == int(count) else None
+    return Annotation(url, source, video_id, height, width, ids, frames, fps, first_appeared, frame_count)

@@ -36,12 +36,14 @@ class Segment:
 
 @dataclass
 class SegmentData:
-    """A segment with its pixels: frames uint8[T,H,W,3], masks bool[T,H,W], and the source RLEs."""
+    """A segment with its pixels: frames uint8[T,H,W,3], masks bool[T,H,W], the source RLEs, and
+    facts about how the frames were read that the sample metadata records (e.g. ``rotation``)."""
 
     segment: Segment
     frames: np.ndarray
     masks: np.ndarray
     rles: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
 
 def plan_windows(first: int, last: int, segment_len: int) -> list[tuple[int, int, int]]:

@@ -11,6 +11,12 @@ Writes, under ``DIR/<split>`` (default ``sav_train``):
   object at each annotated frame (video frame 4*annotated_idx);
 - ``synth_meta.json``: the specs, so frames can be re-rendered (:func:`render`) for checks.
 
+``--rotate DEG`` (``VideoSpec.rotate``) writes phone-style rotated mp4s: the coded pictures are the
+rendered frames turned counter-clockwise by DEG, and the container's display matrix (PyAV
+``VideoStream.set_display_rotation``) turns them back clockwise by DEG, so a player, the JSON and the
+ground truth all show the rendered (display) orientation, e.g. portrait annotations over landscape
+coded pictures.
+
 Same seed, same JSON and ground-truth PNG bytes; the mp4 content is the same within codec
 tolerance (libx264 through PyAV is not byte-reproducible run to run in this environment).
 
@@ -57,6 +63,7 @@ class VideoSpec:
     simple: bool = False      # long-video mode: one cheap object, no hair/blur
     crf: int = 12
     preset: str = "medium"
+    rotate: int = 0           # clockwise display rotation written in the mp4 (0, 90, 180, 270)
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -299,10 +306,18 @@ def rgb_to_yuv420(img: np.ndarray) -> np.ndarray:
     return np.concatenate([q(y), q(sub(cb)).reshape(h // 4, w), q(sub(cr)).reshape(h // 4, w)])
 
 
+def coded_frame(img: np.ndarray, rotate: int) -> np.ndarray:
+    """The coded picture of display frame ``img`` in an mp4 whose display rotation is ``rotate``
+    (clockwise degrees): ``img`` turned counter-clockwise by ``rotate``."""
+    return np.ascontiguousarray(np.rot90(img, k=rotate // 90)) if rotate else img
+
+
 def write_video(spec: VideoSpec, folder: Path, gt_root: Path | None, threads: int = 1) -> Path:
     """Render, encode and annotate one video into ``folder``; GT alpha PNGs under ``gt_root``."""
     import av
 
+    if spec.rotate not in (0, 90, 180, 270):
+        raise ValueError(f"rotate must be 0, 90, 180 or 270, got {spec.rotate}")
     folder.mkdir(parents=True, exist_ok=True)
     mp4 = folder / f"{spec.video_id}.mp4"
     tmp = folder / f".{spec.video_id}.mp4.part"
@@ -311,17 +326,21 @@ def write_video(spec: VideoSpec, folder: Path, gt_root: Path | None, threads: in
     areas = []
     with av.open(str(tmp), "w", format="mp4") as c:
         st = c.add_stream("libx264", rate=FPS)
-        st.width, st.height, st.pix_fmt = spec.width, spec.height, "yuv420p"
+        coded_w, coded_h = (spec.height, spec.width) if spec.rotate % 180 else (spec.width, spec.height)
+        st.width, st.height, st.pix_fmt = coded_w, coded_h, "yuv420p"
+        if spec.rotate:
+            st.set_display_rotation(-spec.rotate)   # PyAV takes counter-clockwise degrees
         st.codec_context.thread_count = threads
         st.options = {"crf": str(spec.crf), "preset": spec.preset, "x264-params": f"keyint=48:min-keyint=48:threads={threads}:lookahead-threads=1"}
         it = render(spec)
         if spec.num_frames > 500:
             it = tqdm(it, total=spec.num_frames, desc=spec.video_id, leave=False)
         for t, (img, alpha) in enumerate(it):
-            if spec.height % 4 == 0:
-                f = av.VideoFrame.from_ndarray(rgb_to_yuv420(img), format="yuv420p")
+            coded = coded_frame(img, spec.rotate)
+            if coded_h % 4 == 0:
+                f = av.VideoFrame.from_ndarray(rgb_to_yuv420(coded), format="yuv420p")
             else:
-                f = av.VideoFrame.from_ndarray(img, format="rgb24")
+                f = av.VideoFrame.from_ndarray(coded, format="rgb24")
             f.pts, f.time_base = t, Fraction(1, FPS)
             for pkt in st.encode(f):
                 c.mux(pkt)
@@ -357,14 +376,24 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def make_specs(videos: int, frames: int, seed: int, sizes: list[str], background: str = "",
-               crf: int = 12) -> list[VideoSpec]:
-    """Specs of a split: sizes cycle over videos; every other video uses the real background."""
+               crf: int = 12, rotate: int = 0) -> list[VideoSpec]:
+    """Specs of a split: sizes cycle over videos; every other video uses the real background.
+
+    ``sizes`` and the JSON are display sizes; ``rotate`` is the display rotation of every mp4."""
     out = []
     for i in range(videos):
         w, h = parse_size(sizes[i % len(sizes)])
         bg = background if (background and i % 2 == 1) else ""
-        out.append(VideoSpec(f"sav_{i + 1:06d}", w, h, frames, seed * 1000 + i, bg, crf=crf))
+        out.append(VideoSpec(f"sav_{i + 1:06d}", w, h, frames, seed * 1000 + i, bg, crf=crf, rotate=rotate))
     return out
+
+
+def _spec_dict(spec: VideoSpec) -> dict:
+    """The spec as stored in synth_meta.json (``rotate`` only when set, so older metas stay identical)."""
+    d = asdict(spec)
+    if not d["rotate"]:
+        del d["rotate"]
+    return d
 
 
 def generate_split(out: Path, specs: list[VideoSpec], split: str = "sav_train", flat: bool = False,
@@ -378,7 +407,7 @@ def generate_split(out: Path, specs: list[VideoSpec], split: str = "sav_train", 
     meta = root / META_FILE
     old = json.loads(meta.read_text()) if meta.exists() else []
     keep = {d["video_id"]: d for d in old}
-    keep.update({s.video_id: asdict(s) for s in specs})
+    keep.update({s.video_id: _spec_dict(s) for s in specs})
     meta.write_text(json.dumps([keep[k] for k in sorted(keep)], indent=1))
     return root
 
@@ -406,10 +435,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="also write one long video of N frames (simple content, for memory benchmarks)")
     p.add_argument("--long-size", default="1920x1080", help="WxH of the long video (default 1920x1080)")
     p.add_argument("--threads", type=int, default=1, help="x264 threads (default 1)")
+    p.add_argument("--rotate", type=int, choices=[0, 90, 180, 270], default=0,
+                   help="display rotation (clockwise degrees) written in every short mp4; sizes, JSON and "
+                        "ground truth stay in display orientation (default 0)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    specs = make_specs(a.videos, a.frames, a.seed, a.sizes, a.background, a.crf)
+    specs = make_specs(a.videos, a.frames, a.seed, a.sizes, a.background, a.crf, a.rotate)
     if a.long:
         w, h = parse_size(a.long_size)
         specs.append(VideoSpec(f"sav_{a.videos + 1:06d}", w, h, a.long, a.seed * 1000 + a.videos,

@@ -4,6 +4,13 @@ Backends: ``decord`` (default) and ``pyav``; a folder of JPEG frames (SA-V val/t
 by :class:`FrameFolderDecoder` with either backend name. ``open_video(url)`` (alias ``open``) returns
 a :class:`Decoder`; ``get(indices)`` returns ``uint8[N, H, W, 3]`` RGB frames in the requested order.
 Only requested frames are kept; nothing holds the whole video.
+
+Rotation: an mp4 may carry a display rotation (a display matrix, or a legacy ``rotate`` tag) that
+players apply to the coded pictures. Decoders expose it as ``display_rotation`` and by default return
+display-oriented frames (``rotation == display_rotation``); ``open_video(..., rotation=0)`` returns the
+coded pictures instead. Both backends return the same pixels either way (decord 0.6.0 rotates by
+itself; it is turned back or forth here as needed). Angles are clockwise degrees in {0, 90, 180, 270},
+the convention of the ``rotate`` tag (the display matrix's own angle is counter-clockwise).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import bisect
 import io
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -25,13 +33,20 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav")
 JPEG_EXTS = (".jpg", ".jpeg")
+ROTATIONS = (0, 90, 180, 270)
 
 
 class Decoder(Protocol):
+    """Frames of one video. ``height``/``width`` are those of the frames ``get`` returns, i.e. after
+    ``rotation`` (clockwise degrees applied to the coded pictures); ``display_rotation`` is what the
+    container asks players to apply."""
+
     num_frames: int
     fps: float
     height: int
     width: int
+    rotation: int
+    display_rotation: int
 
     def get(self, indices: Sequence[int]) -> np.ndarray: ...
 
@@ -50,6 +65,69 @@ def _check_indices(url: str, indices: Sequence[int], n: int) -> list[int]:
     if bad:
         raise VideoCorrupt(url, f"frame {bad[0]} requested, the video has {n} frames")
     return idx
+
+
+def rotate(arr: np.ndarray, degrees: int) -> np.ndarray:
+    """``arr`` ([..., H, W, C] frames) turned clockwise by ``degrees`` (a multiple of 90); a view."""
+    k = (degrees // 90) % 4
+    return np.rot90(arr, k=-k, axes=(arr.ndim - 3, arr.ndim - 2)) if k else arr
+
+
+def rotated_size(height: int, width: int, degrees: int) -> tuple[int, int]:
+    """(height, width) of a ``height`` x ``width`` picture turned clockwise by ``degrees``."""
+    return (width, height) if degrees % 180 else (height, width)
+
+
+def _check_rotation(url: str, rotation: int | None) -> None:
+    if rotation is not None and rotation not in ROTATIONS:
+        raise ValueError(f"rotation must be one of {ROTATIONS} or None, got {rotation!r} ({url})")
+
+
+def _matrix_rotation(url: str, frame) -> float:
+    """Clockwise display rotation from a decoded frame's DISPLAYMATRIX side data (0 without one).
+
+    Parsed here rather than read from ``VideoFrame.rotation``, which truncates to an int and hides
+    mirroring; a mirrored matrix is refused (decord would ignore the mirror, and masks would not fit).
+    """
+    from av.sidedata.sidedata import Type
+
+    for sd in frame.side_data:
+        if sd.type != Type.DISPLAYMATRIX:
+            continue
+        m = np.frombuffer(bytes(sd), dtype=np.int32)[:9].astype(np.float64) / 65536.0
+        a, b, c, d = m[0], m[1], m[3], m[4]
+        if a * d - b * c < 0:
+            raise VideoCorrupt(url, "the display matrix mirrors the picture; mirrored videos are not supported")
+        if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+            raise VideoCorrupt(url, "the display matrix is degenerate")
+        # av_display_rotation_get() is atan2(b, a) negated (counter-clockwise); clockwise is atan2 itself
+        return math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    return 0.0
+
+
+def _display_rotation(url: str, container, stream) -> int:
+    """Clockwise display rotation of ``stream`` in {0, 90, 180, 270}, read as decord 0.6.0 reads it:
+    a non-zero ``rotate`` tag first, else the display matrix (from the first decoded frame, where
+    FFmpeg attaches the stream's matrix). The container is left positioned after that frame."""
+    import av
+
+    tag = (stream.metadata or {}).get("rotate", "")
+    if tag and tag != "0":
+        try:
+            theta = float(tag)
+        except ValueError:
+            raise VideoCorrupt(url, f"rotate tag {tag!r} is not a number") from None
+    else:
+        try:
+            frame = next(container.decode(stream), None)
+        except av.FFmpegError as e:
+            raise VideoCorrupt(url, f"cannot decode the first frame: {e}") from e
+        theta = _matrix_rotation(url, frame) if frame is not None else 0.0
+    theta %= 360.0
+    deg = int(round(theta / 90.0)) * 90 % 360
+    if abs(((theta - deg + 180.0) % 360.0) - 180.0) > 0.5:
+        raise VideoCorrupt(url, f"display rotation of {theta:g} degrees is not a multiple of 90")
+    return deg
 
 
 def _gather(idx: list[int], decoded: dict[int, np.ndarray], h: int, w: int) -> np.ndarray:
@@ -73,22 +151,29 @@ class _LocalCopy:
             os.unlink(self.path)
 
 
-def _probe(url: str, source) -> tuple[int, int, int]:
-    """(height, width, declared frame count or 0) of the first video stream, from the header."""
+def _probe(url: str, source) -> tuple[int, int, int, int]:
+    """(coded height, coded width, declared frame count or 0, clockwise display rotation) of the
+    first video stream, from the header and the first frame."""
     import av
 
     try:
         with av.open(source) as c:
             st = c.streams.video[0]
-            return int(st.codec_context.height), int(st.codec_context.width), int(st.frames or 0)
+            st.thread_count = 1   # one frame is decoded (for its display matrix): no thread start-up
+            h, w, n = int(st.codec_context.height), int(st.codec_context.width), int(st.frames or 0)
+            return h, w, n, _display_rotation(url, c, st)
     except (av.FFmpegError, IndexError, OSError) as e:
         raise VideoCorrupt(url, f"cannot open video: {e}") from e
 
 
 class DecordDecoder:
-    """decord.VideoReader with seeks; ``get_batch`` on sorted unique indices."""
+    """decord.VideoReader with seeks; ``get_batch`` on sorted unique indices.
 
-    def __init__(self, url: str, threads: int = 1):
+    decord 0.6.0 applies the display rotation itself (a ``transpose`` filter before RGB conversion);
+    its frames are turned further by ``rotation - display_rotation`` to give the requested rotation.
+    """
+
+    def __init__(self, url: str, threads: int = 1, rotation: int | None = None):
         import decord
 
         self.url = url
@@ -99,7 +184,10 @@ class DecordDecoder:
             path = self._copy.path
         else:
             path = sav.url_fs(url)[1]
-        self.height, self.width, declared = _probe(url, path)
+        ch, cw, declared, self.display_rotation = _probe(url, path)
+        self.rotation = self.display_rotation if rotation is None else rotation
+        self._decord_size = rotated_size(ch, cw, self.display_rotation)  # decord's own output
+        self.height, self.width = rotated_size(ch, cw, self.rotation)
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
         except (decord.DECORDError, RuntimeError) as e:
@@ -125,9 +213,15 @@ class DecordDecoder:
         try:
             arr = self._vr.get_batch(uniq).asnumpy()
         except (decord.DECORDError, RuntimeError) as e:
-            raise VideoCorrupt(self.url, f"cannot decode frames {uniq[0]}..{uniq[-1]}: {e}") from e
-        if arr.shape != (len(uniq), self.height, self.width, 3):
-            raise VideoCorrupt(self.url, f"decoded shape {arr.shape}, expected {self.height}x{self.width}")
+            hint = ""
+            if "size must exactly match" in str(e):
+                hint = (f" (decord 0.6.0 cannot convert frames {self._decord_size[1]} pixels wide: it infers "
+                        "the channel count from the padded row stride; use the pyav backend)")
+            raise VideoCorrupt(self.url, f"cannot decode frames {uniq[0]}..{uniq[-1]}: {e}{hint}") from e
+        dh, dw = self._decord_size
+        if arr.shape != (len(uniq), dh, dw, 3):
+            raise VideoCorrupt(self.url, f"decoded shape {arr.shape}, expected {dh}x{dw}")
+        arr = rotate(arr, self.rotation - self.display_rotation)
         return _gather(idx, dict(zip(uniq, arr)), self.height, self.width)
 
     def close(self) -> None:
@@ -140,11 +234,12 @@ class DecordDecoder:
 class PyAVDecoder:
     """PyAV streaming decoder with a packet index (frame number <-> pts, keyframes).
 
-    The index is built once by demuxing (no decoding); ``get`` decodes forward and seeks only when a
-    keyframe lies between the current position and the next wanted frame.
+    The index is built once by demuxing (no decoding; the first frame is decoded once to read the
+    display rotation); ``get`` decodes forward and seeks only when a keyframe lies between the current
+    position and the next wanted frame, and turns the coded pictures by ``rotation``.
     """
 
-    def __init__(self, url: str, threads: int = 1):
+    def __init__(self, url: str, threads: int = 1, rotation: int | None = None):
         import av
 
         self.url = url
@@ -180,9 +275,20 @@ class PyAVDecoder:
             self.close()
             raise
         cc = self._s.codec_context
-        self.height, self.width = int(cc.height), int(cc.width)
+        self._coded = (int(cc.height), int(cc.width))
         rate = self._s.average_rate or self._s.guessed_rate
         self.fps = float(rate) if rate else sav.VIDEO_FPS
+        try:
+            self._seek(0)
+            self.display_rotation = _display_rotation(url, self._c, self._s)
+        except VideoCorrupt:
+            self.close()
+            raise
+        except av.FFmpegError as e:
+            self.close()
+            raise VideoCorrupt(url, f"cannot seek to the first frame: {e}") from e
+        self.rotation = self.display_rotation if rotation is None else rotation
+        self.height, self.width = rotated_size(*self._coded, self.rotation)
         self._it = None
         self._pos = None  # index of the next frame the iterator yields
 
@@ -223,9 +329,9 @@ class PyAVDecoder:
         decoded = {}
         for t in sorted(set(idx)):
             arr = self._decode_to(t)
-            if arr.shape != (self.height, self.width, 3):
+            if arr.shape != self._coded + (3,):
                 raise VideoCorrupt(self.url, f"frame {t} has shape {arr.shape}")
-            decoded[t] = arr
+            decoded[t] = rotate(arr, self.rotation)
         return _gather(idx, decoded, self.height, self.width)
 
     def close(self) -> None:
@@ -241,14 +347,17 @@ class PyAVDecoder:
 class FrameFolderDecoder:
     """A folder of JPEG frames (``%05d.jpg``) read as a video; frame i is the i-th file by name."""
 
-    def __init__(self, url: str, fps: float = sav.VIDEO_FPS):
+    def __init__(self, url: str, fps: float = sav.VIDEO_FPS, rotation: int | None = None):
         self.url = url
         self._files = [n for n, t in sav._ls(url) if t != "directory" and n.lower().endswith(JPEG_EXTS)]
         if not self._files:
             raise VideoMissing(url, "frame folder has no JPEG frames")
         self.num_frames = len(self._files)
         self.fps = float(fps)
-        self.height, self.width = self._read(0).shape[:2]
+        self.display_rotation = 0   # JPEG frames are stored as shown (EXIF orientation is not read)
+        self.rotation = rotation or 0
+        self._coded = self._read(0).shape[:2]
+        self.height, self.width = rotated_size(*self._coded, self.rotation)
 
     def _read(self, i: int) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
@@ -266,32 +375,35 @@ class FrameFolderDecoder:
         decoded = {}
         for t in sorted(set(idx)):
             arr = self._read(t)
-            if arr.shape != (self.height, self.width, 3):
+            if arr.shape[:2] != self._coded:
                 raise VideoCorrupt(sav.join(self.url, self._files[t]), f"frame size {arr.shape[:2]} differs")
-            decoded[t] = arr
+            decoded[t] = rotate(arr, self.rotation)
         return _gather(idx, decoded, self.height, self.width)
 
     def close(self) -> None:
         pass
 
 
-def open_video(url: str, backend: str = "decord", threads: int = 1) -> Decoder:
+def open_video(url: str, backend: str = "decord", threads: int = 1, rotation: int | None = None) -> Decoder:
     """Open an mp4 (or a JPEG frame folder) with the named backend.
 
+    ``rotation``: clockwise degrees to turn the coded pictures by; None (default) applies the
+    container's display rotation (display-oriented frames), 0 gives the coded pictures.
     Raises VideoMissing when nothing is at ``url``, VideoCorrupt when it cannot be opened.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
+    _check_rotation(url, rotation)
     fs, path = sav.url_fs(url)
     if not fs.exists(path):
         raise VideoMissing(url, "video does not exist")
     if fs.isdir(path):
-        return FrameFolderDecoder(url)
+        return FrameFolderDecoder(url, rotation=rotation)
     if fs.size(path) == 0:
         raise VideoCorrupt(url, "video file is empty")
     if backend == "decord":
-        return DecordDecoder(url, threads=threads)
-    return PyAVDecoder(url, threads=threads)
+        return DecordDecoder(url, threads=threads, rotation=rotation)
+    return PyAVDecoder(url, threads=threads, rotation=rotation)
 
 
 open = open_video  # noqa: A001  (the documented short name: video.open(url))

@@ -1,34 +1,41 @@
-"""Writer side: encode one matted segment into tar members, then write a whole shard atomically.
+"""The writer step: encode a matted segment into tar members, and write shards as samples arrive.
 
-A shard becomes visible in three renames: tar, manifest, done marker (the marker last). The bytes
-depend only on the samples, so rewriting a shard of a deterministic matter gives identical files.
+A :class:`ShardWriter` appends each encoded sample to a local spill file as it arrives (memory: the
+index and a few samples, not the shard) and, on :meth:`ShardWriter.commit`, writes the shard in key
+order through temporary names: tar, manifest, then the done marker (last). The bytes depend only on
+the samples, so rewriting a shard of a deterministic matter gives identical files, whatever the order
+in which samples arrived. The writer is the only place where failures become manifest rows.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import logging
-import posixpath
 import tarfile
-import uuid
+import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import IO, Iterable, Iterator
 
 import cv2
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mava import schema
+from mava.manifest import SplitDir
+from pipeline.errors import Failure
 from pipeline.segments import Segment, SegmentData
 
 log = logging.getLogger(__name__)
 
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
+
+
+# --- encoding -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -85,6 +92,7 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
         raise ValueError(f"matte {alpha_u8.dtype}{list(alpha_u8.shape)} does not match masks {[t, h, w]}")
     row = segment_columns(seg) | {"height": h, "width": w, "status": schema.STATUS_OK, "matter": matter}
     meta = {name: row[name] for name in schema.META_FIELDS if name in row}
+    meta |= {name: data.meta[name] for name in schema.OPTIONAL_META_FIELDS if name in data.meta}
     meta["mask_rles"] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
                           else r["counts"].decode("ascii")} for r in data.rles]
     members = [(f"{seg.key}.{schema.META_EXT}", json.dumps(meta, sort_keys=True).encode())]
@@ -96,19 +104,50 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
     return EncodedSample(seg.key, members, row)
 
 
-def failure_row(key: str, video_id: str, error_type: str, error: str, *, source: str | None = None,
-                masklet_id: int | None = None, start: int | None = None, segment: Segment | None = None,
-                matter: str | None = None) -> dict:
-    """Manifest row of a sample (or a whole video) that failed."""
-    row = segment_columns(segment) if segment is not None else {
-        "key": key, "video_id": video_id, "source": source, "masklet_id": masklet_id, "start": start}
-    return row | {"status": schema.STATUS_FAILED, "error_type": error_type, "error": error, "matter": matter}
+def encode(data: SegmentData, alpha: np.ndarray | Failure, matter: str, frames: str) -> EncodedSample | Failure:
+    """The encode step: an encoded ok sample, or the Failure of a matte that failed or does not fit."""
+    if isinstance(alpha, Failure):
+        return alpha
+    try:
+        return encode_sample(data, alpha, matter, frames)
+    except ValueError as exc:  # e.g. a matte whose shape does not match its segment
+        return Failure.of_matter(data.segment, type(exc).__name__, f"matter {matter}: {exc}", matter)
+
+
+def failure_row(f: Failure) -> dict:
+    """Manifest row of a sample (or a whole video) that failed: the only place rows of failures are made."""
+    row = segment_columns(f.segment) if f.segment is not None else {
+        "key": f.key, "video_id": f.video_id, "source": f.source, "masklet_id": f.masklet_id, "start": f.start}
+    return row | {"status": schema.STATUS_FAILED, "error_type": f.error_type, "error": f.message, "matter": f.matter}
+
+
+def manifest_table(rows: Iterable[dict]) -> pa.Table:
+    """Rows -> a table with exactly MANIFEST_SCHEMA (missing columns are null)."""
+    rows = list(rows)
+    return pa.table({name: [r.get(name) for r in rows] for name in schema.MANIFEST_COLUMNS},
+                    schema=schema.MANIFEST_SCHEMA)
+
+
+# --- the streaming shard writer -------------------------------------------------------------------
+
+
+class ShardIncomplete(RuntimeError):
+    """A shard that must not be marked done (a system failure, or too many matter failures)."""
+
+
+@dataclass
+class ShardResult:
+    """What a committed shard holds: its done marker and failure counts by error type."""
+
+    index: int
+    marker: dict
+    failed: dict[str, int]
 
 
 class _HashingWriter:
     """A write-only file wrapper that counts and hashes the bytes going through it."""
 
-    def __init__(self, f):
+    def __init__(self, f: IO[bytes]):
         self.f, self.size, self.sha256 = f, 0, hashlib.sha256()
 
     def write(self, data: bytes) -> int:
@@ -121,82 +160,139 @@ class _HashingWriter:
         return self.size
 
 
-def _write_tar(f, samples: list[EncodedSample]) -> tuple[dict[str, tuple[int, int, int]], int, str]:
-    """Stream a deterministic tar (fixed mtime/owner/mode) into ``f``.
+def write_tar(f: IO[bytes], samples: Iterable[tuple[str, Iterator[tuple[str, bytes]]]]
+              ) -> tuple[dict[str, tuple[int, int, int]], int, str]:
+    """Stream a deterministic tar (fixed mtime/owner/mode, member order as given) into ``f``.
 
-    Returns each sample's (offset, size, members), the tar's size and its sha256.
+    ``samples`` yields (key, members); returns each key's (offset, size, members), the tar's size and
+    sha256. (webdataset's TarWriter sorts a sample's members by name and stamps its own mode and
+    owner, which would break the member order mava/schema.py defines and the bytes of existing shards.)
     """
     out = _HashingWriter(f)
     spans = {}
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for s in samples:
-            start = tar.offset
-            for name, data in s.members:
+        for key, members in samples:
+            start, n = tar.offset, 0
+            for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
-            spans[s.key] = (start, tar.offset - start, len(s.members))
+                n += 1
+            spans[key] = (start, tar.offset - start, n)
     return spans, out.size, out.sha256.hexdigest()
 
 
-def _tmp_name(path: str) -> str:
-    return f"{path}.{uuid.uuid4().hex[:8]}{schema.TMP_SUFFIX}"
+class ShardWriter:
+    """Writes one shard as its samples arrive (see the module docstring).
 
-
-def _atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    tmp = _tmp_name(path)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
-def manifest_table(rows: Iterable[dict]) -> pa.Table:
-    """Rows -> a table with exactly MANIFEST_SCHEMA (missing columns are null)."""
-    rows = list(rows)
-    return pa.table({name: [r.get(name) for r in rows] for name in schema.MANIFEST_COLUMNS},
-                    schema=schema.MANIFEST_SCHEMA)
-
-
-def write_shard(out_split: str, split: str, index: int, samples: list[EncodedSample],
-                failures: list[dict], extra: dict | None = None) -> dict:
-    """Write tar, manifest and done marker of one shard; return the marker's content.
-
-    ``out_split`` is ``<out>/<split>`` (local path or fsspec URL). Samples are written in key order.
+    ``marker`` (the shard's videos and fingerprint) joins the done marker. ``max_matter_failures``:
+    the largest fraction of the samples sent to the matter that may fail in the matter before the
+    shard is refused (not marked done); None disables the guard.
     """
-    fs, root = fsspec.core.url_to_fs(out_split)
-    name = schema.shard_name(split, index)
-    for sub in ("shards", "manifest", "done"):
-        fs.makedirs(posixpath.join(root, sub), exist_ok=True)
-    samples = sorted(samples, key=lambda s: s.key)
-    keys = [s.key for s in samples] + [r["key"] for r in failures]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"shard {name}: duplicate keys")
-    tar_path = posixpath.join(root, schema.shard_tar(split, index))
-    tmp = _tmp_name(tar_path)
-    with fs.open(tmp, "wb") as f:  # streamed: the shard is never held twice in memory
-        spans, tar_size, tar_sha = _write_tar(f, samples)
-    rows = []
-    for s in samples:
-        off, size, n = spans[s.key]
-        rows.append(s.row | {"tar_offset": off, "tar_size": size, "num_members": n})
-    rows += failures
-    rows = [r | {"shard": name} for r in sorted(rows, key=lambda r: r["key"])]
-    sink = io.BytesIO()
-    pq.write_table(manifest_table(rows), sink, compression="zstd")
-    manifest = sink.getvalue()
 
-    fs.mv(tmp, tar_path)
-    _atomic_write(fs, posixpath.join(root, schema.shard_manifest(split, index)), manifest)
-    ok = sum(r["status"] == schema.STATUS_OK for r in rows)
-    marker = {
-        "shard": name, schema.MARKER_SAMPLES: len(rows), schema.MARKER_OK: ok, schema.MARKER_FAILED: len(rows) - ok,
-        schema.MARKER_FRAMES: int(sum(r["num_frames"] or 0 for r in rows if r["status"] == schema.STATUS_OK)),
-        schema.MARKER_TAR_BYTES: tar_size, schema.MARKER_TAR_SHA256: tar_sha,
-        schema.MARKER_MANIFEST_SHA256: hashlib.sha256(manifest).hexdigest(),
-    } | (extra or {})
-    _atomic_write(fs, posixpath.join(root, schema.shard_done(split, index)),
-                  json.dumps(marker, indent=1, sort_keys=True).encode())
-    log.info("wrote shard %s: %d ok, %d failed, %d bytes", name, ok, len(rows) - ok, tar_size)
-    return marker
+    def __init__(self, out_split: str | SplitDir, split: str, index: int, marker: dict | None = None,
+                 max_matter_failures: float | None = None, spill_dir: str | None = None):
+        self.dir = out_split if isinstance(out_split, SplitDir) else SplitDir(str(out_split))
+        self.split, self.index = split, index
+        self.name = schema.shard_name(split, index)
+        self.extra = dict(marker or {})
+        self.max_matter_failures = max_matter_failures
+        self.spill_dir = spill_dir
+        self._spill: IO[bytes] | None = None
+        self._samples: dict[str, tuple[int, list[tuple[str, int]], dict]] = {}   # key -> (offset, members, row)
+        self._failures: dict[str, Failure] = {}
+        self._system: list[str] = []
+
+    def add(self, item: EncodedSample | Failure) -> None:
+        """Take one sample's outcome; its members go to the spill file at once."""
+        key = item.key
+        if key in self._samples or key in self._failures:
+            raise ValueError(f"shard {self.name}: duplicate keys ({key})")
+        if isinstance(item, Failure):
+            self._failures[key] = item
+            return
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".spill", dir=self.spill_dir)
+        offset = self._spill.seek(0, io.SEEK_END)
+        for _, data in item.members:
+            self._spill.write(data)
+        self._samples[key] = (offset, [(name, len(data)) for name, data in item.members], item.row)
+
+    def add_system_failure(self, key: str, reason: str) -> None:
+        """A sample lost to a system failure (dead actor, lost node): the shard will not be marked done."""
+        self._system.append(f"{key}: {reason}")
+
+    def _members(self, key: str) -> Iterator[tuple[str, bytes]]:
+        offset, members, _ = self._samples[key]
+        assert self._spill is not None
+        self._spill.seek(offset)
+        for name, size in members:
+            yield name, self._spill.read(size)
+
+    def _check_complete(self) -> None:
+        if self._system:
+            raise ShardIncomplete(f"shard {self.name}: {len(self._system)} sample(s) lost to system failures, "
+                                  f"e.g. {self._system[0]}")
+        if self.max_matter_failures is None:
+            return
+        matter_failed = sum(f.stage == "matter" for f in self._failures.values())
+        sent = matter_failed + len(self._samples)
+        if sent and matter_failed / sent > self.max_matter_failures:
+            kinds = collections.Counter(f.error_type for f in self._failures.values() if f.stage == "matter")
+            raise ShardIncomplete(
+                f"shard {self.name}: the matter failed on {matter_failed} of {sent} samples "
+                f"({dict(kinds)}), more than --max-matter-failures {self.max_matter_failures:g}: not marked done")
+
+    def commit(self) -> ShardResult:
+        """Write tar, manifest and done marker (in that order, each through a temporary name)."""
+        try:
+            self._check_complete()
+            return self._commit()
+        finally:
+            self.close()
+
+    def _commit(self) -> ShardResult:
+        d = self.dir
+        d.makedirs()
+        keys = sorted(self._samples)
+        with d.atomic_file(schema.shard_tar(self.split, self.index)) as f:  # streamed from the spill file
+            spans, tar_size, tar_sha = write_tar(f, ((k, self._members(k)) for k in keys))
+        rows = []
+        for k in keys:
+            off, size, n = spans[k]
+            rows.append(self._samples[k][2] | {"tar_offset": off, "tar_size": size, "num_members": n})
+        rows += [failure_row(f) for f in self._failures.values()]
+        rows = [r | {"shard": self.name} for r in sorted(rows, key=lambda r: r["key"])]
+        sink = io.BytesIO()
+        pq.write_table(manifest_table(rows), sink, compression="zstd")
+        manifest = sink.getvalue()
+        d.write_atomic(schema.shard_manifest(self.split, self.index), manifest)
+        ok = len(keys)
+        marker = {
+            "shard": self.name, schema.MARKER_SAMPLES: len(rows), schema.MARKER_OK: ok,
+            schema.MARKER_FAILED: len(rows) - ok,
+            schema.MARKER_FRAMES: int(sum(r["num_frames"] or 0 for r in rows if r["status"] == schema.STATUS_OK)),
+            schema.MARKER_TAR_BYTES: tar_size, schema.MARKER_TAR_SHA256: tar_sha,
+            schema.MARKER_MANIFEST_SHA256: hashlib.sha256(manifest).hexdigest(),
+        } | self.extra
+        d.write_atomic(schema.shard_done(self.split, self.index), json.dumps(marker, indent=1, sort_keys=True).encode())
+        failed = collections.Counter(f.error_type for f in self._failures.values())
+        log.info("wrote shard %s: %d ok, %d failed, %d bytes", self.name, ok, len(rows) - ok, tar_size)
+        return ShardResult(self.index, marker, dict(sorted(failed.items())))
+
+    def close(self) -> None:
+        """Drop the spill file (nothing under the output is touched)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+
+def write_shard(out_split: str | SplitDir, split: str, index: int, samples: Iterable[EncodedSample],
+                failures: Iterable[Failure] = (), extra: dict | None = None) -> dict:
+    """Write a whole shard at once (samples in any order); returns its done marker."""
+    w = ShardWriter(out_split, split, index, extra)
+    for item in [*samples, *failures]:
+        w.add(item)
+    return w.commit().marker

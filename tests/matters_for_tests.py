@@ -63,3 +63,42 @@ class DieAlwaysMatter(MatterBase):
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         os._exit(1)
+
+
+class OomMatter(MatterBase):
+    """Raises a CUDA out-of-memory error on every segment: a system failure, never a row."""
+
+    name = "oom"
+
+    def __init__(self, config: MatterConfig):
+        pass
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)")
+
+
+class OomOnceMatter(MatterBase):
+    """alpha = mask, but the first segment ever (once per marker file) hits a CUDA out-of-memory error."""
+
+    name = "oom-once"
+
+    def __init__(self, config: MatterConfig):
+        self.marker = Path(os.environ["MAVA_TEST_OOM_MARKER"])
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return masks.astype(np.float32)
+
+
+class AlwaysWrongMatter(MatterBase):
+    """Raises an error that looks like a sample problem on every segment (the failure-fraction guard)."""
+
+    name = "always-wrong"
+
+    def __init__(self, config: MatterConfig):
+        pass
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        raise ValueError("weird tensor shape from an unknown library bug")

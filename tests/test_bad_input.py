@@ -224,3 +224,49 @@ def test_errors_pickle_and_name_file(split, cfg):
         plan_video(_ref(split), cfg)
     again = pickle.loads(pickle.dumps(e.value))
     assert type(again) is VideoMissing and str(again) == str(e.value) and str(mp4) in str(again)
+
+
+def _remux_rotated(mp4: Path, degrees_cw: float, hflip: bool = False) -> None:
+    """Rewrite ``mp4`` in place (no re-encoding) with a display matrix turning it clockwise."""
+    tmp = mp4.with_suffix(".rot.mp4")
+    with av.open(str(mp4)) as ci, av.open(str(tmp), "w", format="mp4") as co:
+        si = ci.streams.video[0]
+        so = co.add_stream_from_template(si)
+        so.set_display_rotation(-degrees_cw, hflip=hflip)
+        for pkt in ci.demux(si):
+            if pkt.dts is None:
+                continue
+            pkt.stream = so
+            co.mux(pkt)
+    tmp.replace(mp4)
+
+
+def test_rotated_video_annotation_fits_neither_orientation(split, cfg):
+    """A 96x160 (WxH) video with a 90-degree display matrix and an 80x120 annotation: the error names
+    the rotation and both sizes it tried."""
+    _remux_rotated(_file(split, f"{BAD}.mp4"), 90)
+
+    def shrink(d):
+        d["video_height"], d["video_width"] = 80.0, 120.0
+        for fr in d["masklet"]:
+            for r in fr:
+                r["size"] = [80, 120]
+    p = _edit_json(split, BAD, shrink)
+    with pytest.raises(RleSizeMismatch) as e:
+        plan_video(_ref(split), cfg)
+    assert e.value.path == str(p)
+    assert "annotation size 80x120 differs from the video size 96x160" in e.value.problem
+    assert ("display rotation is 90 degrees and the annotation matches neither the displayed 96x160 "
+            "nor the coded 160x96 pictures") in e.value.problem
+    _others_read_fine(split, cfg)
+
+
+@pytest.mark.parametrize("degrees,hflip,problem", [(90, True, "mirrors the picture"),
+                                                   (45, False, "45 degrees is not a multiple of 90")])
+def test_unsupported_display_matrix(split, cfg, degrees, hflip, problem):
+    mp4 = _file(split, f"{BAD}.mp4")
+    _remux_rotated(mp4, degrees, hflip)
+    with pytest.raises(VideoCorrupt) as e:
+        plan_video(_ref(split), cfg)
+    assert e.value.path == str(mp4) and problem in e.value.problem
+    _others_read_fine(split, cfg)

@@ -74,28 +74,34 @@ def test_provenance_and_license(carded):
     assert f"matter: `{run['matter']['name']}`" in body
     assert f"code version: `{run['code_version']}`" in body
     assert "checkpoint sha256: none" in body  # the guided matter has no weights
-    # no fingerprint in this run.json: the markers' content options and the matter config are listed
-    assert "records no fingerprint" in body
-    marker = json.loads(next((d / "done").glob("*.json")).read_text())
-    for k, v in marker["options"].items():
-        assert f"| `{k}` | {v} |" in body
     assert "| `radius_scale` | 0.5 |" in body  # the matter's own settings (describe())
+    # every output-changing option of the run's fingerprint, flattened
+    fp = run[schema.RUN_FINGERPRINT]
+    assert isinstance(fp, dict) and "Output-changing options (fingerprint)" in body
+    for k, v in card._flatten(fp):
+        assert f"| `{k}` | {v if isinstance(v, str) else json.dumps(v)} |" in body, k
 
 
-def test_fingerprint_is_listed_when_recorded(carded, tmp_path):
+def test_run_json_without_fingerprint(carded, tmp_path):
+    """Outputs written before fingerprints: the markers' content options and the matter config are listed."""
     d, _, _ = carded
     e = tmp_path / d.name
     shutil.copytree(d, e)
     run = json.loads((e / schema.RUN_JSON).read_text())
-    run[schema.RUN_FINGERPRINT] = {"name": "videomama", "weights_sha256": "ab" * 32,
-                                   "options": {"dtype": "bf16", "long_side": 1024, "posterior": "sample"}}
+    run.pop(schema.RUN_FINGERPRINT)
     (e / schema.RUN_JSON).write_text(json.dumps(run))
+    legacy = {"frames": "jpg", "masklets": "manual", "matter": "guided", "seed": 0, "segment_len": 12}
+    for p in (e / "done").glob("*.json"):
+        m = json.loads(p.read_text())
+        m.pop(schema.MARKER_FINGERPRINT, None)
+        m[schema.MARKER_OPTIONS_LEGACY] = legacy
+        p.write_text(json.dumps(m))
     assert main(["card", str(e), "--out", str(e / "README.md"), "--previews", "0"]) == 0
     _, body = card.parse((e / "README.md").read_text())
-    assert "Output-changing options (fingerprint)" in body and "records no fingerprint" not in body
-    for line in ("| `name` | videomama |", f"| `weights_sha256` | {'ab' * 32} |", "| `options.dtype` | bf16 |",
-                 "| `options.long_side` | 1024 |", "| `options.posterior` | sample |"):
-        assert line in body
+    assert "records no fingerprint" in body and "Output-changing options (fingerprint)" not in body
+    for k, v in legacy.items():
+        assert f"| `{k}` | {v} |" in body
+    assert "| `long_side` | 1024 |" in body  # the matter config as run
 
 
 def test_mixed_shards_are_flagged(carded, tmp_path):
@@ -104,10 +110,11 @@ def test_mixed_shards_are_flagged(carded, tmp_path):
     shutil.copytree(d, e)
     p = next((e / "done").glob("*.json"))
     m = json.loads(p.read_text())
-    m["options"]["seed"] = 7
+    m[schema.MARKER_FINGERPRINT]["content"]["seed"] = 7
     p.write_text(json.dumps(m))
     _, body = card.parse(card.build(str(e)).text())
-    assert "> **Warning.**" in body and "different options" in body
+    assert "> **Warning.**" in body and "different options or fingerprints" in body
+    assert "The done markers record different fingerprints" in body and "| `content.seed` | 7 |" in body
 
 
 def test_figures(carded):

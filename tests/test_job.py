@@ -11,11 +11,9 @@ import subprocess
 import sys
 import tarfile
 import time
-from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
@@ -23,42 +21,8 @@ from pycocotools import mask as mask_utils
 
 from mava import schema
 from pipeline.reader import ReaderConfig, list_videos, plan_video
-from pipeline.errors import SampleError
 
-REPO = Path(__file__).resolve().parents[1]
-SPLIT = "sav_train"
-
-
-def run_cli(data_root: Path, out: Path, *extra: str, env: dict | None = None, timeout: float = 240):
-    """``python -m pipeline.run`` in a subprocess with its own local Ray cluster."""
-    cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(data_root),
-           "--out", str(out), "--address", "local", "--num-cpus", "2", "--no-progress",
-           "--videos-per-shard", "1", *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-def planned_keys(split_dir: Path, masklets: str = "manual") -> set[str]:
-    """Every sample key the reader plans for the split, failures included (independent of the job)."""
-    keys = set()
-    for ref in list_videos(str(split_dir)):
-        try:
-            plan = plan_video(ref, ReaderConfig(masklets=masklets))
-        except SampleError:
-            keys.add(schema.video_failure_key(ref.video_id))
-            continue
-        keys |= {s.key for s in plan.segments} | {f.key for f in plan.failures}
-    return keys
-
-
-def manifest(out_split: Path) -> list[dict]:
-    rel = duckdb.sql(f"select * from '{out_split}/{schema.MANIFEST_GLOB}' order by key")
-    return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
-
-
-def tree_bytes(out_split: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out_split)): p.read_bytes() for p in sorted(out_split.rglob("*"))
-            if p.is_file() and p.name != schema.RUN_JSON}
+from tests.job_cli import REPO, SPLIT, manifest, planned_keys, run_cli, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +112,13 @@ def test_a_shard_cut_short_by_limit_videos_is_redone(synth_split, mask_run, tmp_
 def test_changed_options_redo_and_changed_plan_refuses(synth_split, mask_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(mask_run[0], out / SPLIT)
-    # other content options (auto masklets too): every shard is redone, none skipped
+    # other content options (auto masklets too): refused rather than mixed (issue 9) ...
+    before = tree_bytes(out / SPLIT)
     res = run_cli(synth_split.parent, out, "--matter", "mask", "--masklets", "all")
+    assert res.returncode == 2 and "content.masklets: 'manual' -> 'all'" in res.stderr, res.stderr[-2000:]
+    assert tree_bytes(out / SPLIT) == before
+    # ... and with --redo-mismatched every shard is redone, none skipped
+    res = run_cli(synth_split.parent, out, "--matter", "mask", "--masklets", "all", "--redo-mismatched")
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / SPLIT / schema.RUN_JSON).read_text())["summary"]
     assert summary["shards_skipped"] == 0 and summary["shards_done"] == 3
@@ -274,27 +243,27 @@ def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
     """read_video (the Ray reader task body) never raises: a reader bug becomes failed rows."""
     import dataclasses
 
-    from pipeline.job import VideoHeader, read_video
-    from pipeline.reader import Failure
+    from pipeline.reader import Failure, Next, VideoHeader, read_video
+    from pipeline.writer import failure_row
 
     ref = list_videos(str(synth_split))[0]
     broken = dataclasses.replace(ref, layout="no-such-layout", video_url=None)
     items = list(read_video(broken, ReaderConfig()))
     assert len(items) == 1 and isinstance(items[0], VideoHeader) and items[0].keys == []
-    (row,) = items[0].failures
+    (row,) = [failure_row(f) for f in items[0].failures]
     assert row["key"] == schema.video_failure_key(ref.video_id) and row["status"] == "failed"
     assert row["error_type"] == "ReaderError" and "Error" in row["error"]
 
     good = list(read_video(ref, ReaderConfig()))
-    assert isinstance(good[0], VideoHeader) and len(good) == 1 + len(good[0].keys)
+    assert isinstance(good[0], VideoHeader) and len(good) == 1 + 2 * len(good[0].keys)
     assert not any(isinstance(i, Failure) for i in good[1:])
-    assert [i.segment.key for i in good[1:]] == good[0].keys
+    assert [i.key for i in good[1::2]] == good[0].keys and all(isinstance(i, Next) for i in good[1::2])
+    assert [i.segment.key for i in good[2::2]] == good[0].keys
 
 
 def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
-    from pipeline.job import encode
     from pipeline.reader import read_segments
-    from pipeline.writer import EncodedSample
+    from pipeline.writer import EncodedSample, encode, failure_row
 
     cfg = ReaderConfig()
     plan = plan_video(list_videos(str(synth_split))[0], cfg)
@@ -302,6 +271,6 @@ def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
     t, h, w = data.masks.shape
     ok = encode(data, np.zeros((t, h, w), np.uint8), "m", "jpg")
     assert isinstance(ok, EncodedSample) and ok.row["status"] == "ok"
-    bad = encode(data, np.zeros((t, h // 2, w), np.uint8), "m", "jpg")
+    bad = failure_row(encode(data, np.zeros((t, h // 2, w), np.uint8), "m", "jpg"))
     assert isinstance(bad, dict) and bad["status"] == "failed" and bad["error_type"] == "ValueError"
     assert bad["key"] == data.segment.key and "does not match" in bad["error"]

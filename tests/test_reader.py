@@ -117,3 +117,80 @@ def test_val_layout_matches_train_layout(synth_split, tmp_path, backend):
     for a, b in zip(read_segments(plan, cfg), read_segments(train_plan, cfg)):
         assert np.array_equal(a.masks, b.masks)
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 4
+
+
+# --- rotated mp4s ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rotated_splits(tmp_path_factory):
+    """The same two SA-V-style portrait videos (96x160 display, portrait JSON) written plain and with
+    display rotation 90 and 270 (landscape coded pictures), one split each, by rotation."""
+    out = {}
+    for r in (0, 90, 270):
+        specs = [synth.VideoSpec(f"sav_{i:06d}", 96, 160, 40, seed=20 + i, rotate=r) for i in (1, 2)]
+        out[r] = synth.generate_split(tmp_path_factory.mktemp(f"rot{r}"), specs, "sav_train", gt=False)
+    return out
+
+
+@pytest.mark.parametrize("r", [90, 270])
+def test_rotated_sav_video_plans_and_reads_display_frames(rotated_splits, r):
+    split, plain = rotated_splits[r], rotated_splits[0]
+    for a, b in zip(sorted(split.rglob("sav_*.json")), sorted(plain.rglob("sav_*.json")), strict=True):
+        assert a.read_bytes() == b.read_bytes()              # same annotations, only the mp4s differ
+    items = {}
+    for backend in BACKENDS:
+        cfg = ReaderConfig(masklets="all", backend=backend)
+        for ref, plain_ref in zip(list_videos(str(split)), list_videos(str(plain))):
+            plan, plain_plan = plan_video(ref, cfg), plan_video(plain_ref, cfg)
+            assert plan.failures == [] and plan.segments
+            assert (plan.rotation, plan.display_rotation) == (r, r)
+            assert (plan.height, plan.width) == (160, 96) == (plain_plan.height, plain_plan.width)
+            assert plan.segments == plain_plan.segments
+            for item in read_segments(plan, cfg):
+                assert not isinstance(item, Failure), item
+                items.setdefault(item.segment.key, {})[backend] = item
+    spec = {s.video_id: s for s in synth.load_specs(split).values()}
+    for key, by_backend in items.items():
+        d, p = by_backend["decord"], by_backend["pyav"]
+        assert np.array_equal(d.frames, p.frames) and np.array_equal(d.masks, p.masks)
+        s = d.segment
+        frames, alphas = zip(*synth.render(spec[s.video_id]))
+        ref = np.stack(frames)[s.video_frames]
+        assert np.abs(d.frames.astype(np.int16) - ref.astype(np.int16)).mean() < 4, key
+        assert np.array_equal(d.masks, synth.gt_mask(np.stack(alphas)[s.video_frames, s.masklet_id]))
+
+
+def _add_display_matrix(src, dst, degrees_cw: int) -> None:
+    """Remux ``src`` (no re-encoding) with a display matrix asking players to turn it clockwise."""
+    import av
+
+    with av.open(str(src)) as ci, av.open(str(dst), "w", format="mp4") as co:
+        si = ci.streams.video[0]
+        so = co.add_stream_from_template(si)
+        so.set_display_rotation(-degrees_cw)
+        for pkt in ci.demux(si):
+            if pkt.dts is None:
+                continue
+            pkt.stream = so
+            co.mux(pkt)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotated_mp4_with_coded_size_annotation_reads_coded_pictures(synth_split, tmp_path, backend):
+    """An annotation made on the coded pictures (its size is the coded size): no rotation applied,
+    the frames are those of the same video without the display matrix."""
+    import shutil
+
+    split = tmp_path / "sav_train"
+    shutil.copytree(synth_split, split, ignore=shutil.ignore_patterns("gt_alpha"))
+    mp4 = split / "sav_000" / "sav_000001.mp4"
+    _add_display_matrix(synth_split / "sav_000" / "sav_000001.mp4", mp4, 90)
+    cfg = ReaderConfig(masklets="manual", backend=backend)
+    plan = plan_video(list_videos(str(split))[0], cfg)
+    plain = plan_video(list_videos(str(synth_split))[0], cfg)
+    assert (plan.rotation, plan.display_rotation) == (0, 90)
+    assert (plan.height, plan.width) == (plain.height, plain.width) == (96, 160)
+    assert plan.segments == plain.segments and plan.failures == []
+    for a, b in zip(read_segments(plan, cfg), read_segments(plain, cfg)):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.masks, b.masks)

@@ -97,3 +97,88 @@ def test_frame_folder(tmp_path, backend):
 def test_unknown_backend(bedroom):
     with pytest.raises(ValueError, match="unknown video backend"):
         video.open_video(bedroom, "opencv")
+
+
+# --- rotation -------------------------------------------------------------------------------------
+
+ROTATIONS = [90, 180, 270]
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory) -> dict:
+    """A 96x160 (WxH, portrait) display video written with display rotation 0, 90, 180 and 270:
+    rotation r stores the pictures turned counter-clockwise by r and a display matrix turning them back."""
+    from pipeline import synth
+
+    root = tmp_path_factory.mktemp("rotated")
+    out = {}
+    for r in [0] + ROTATIONS:
+        spec = synth.VideoSpec(f"rot_{r:03d}", 96, 160, 30, seed=5, rotate=r)
+        out[r] = (str(synth.write_video(spec, root / str(r), None)), spec)
+    return out
+
+
+def _av_display_frames(path: str) -> np.ndarray:
+    """Reference: sequential PyAV decode, each picture turned by its own frame.rotation (PyAV's
+    counter-clockwise angle of the display matrix; np.rot90 turns counter-clockwise too)."""
+    with av.open(path) as c:
+        return np.stack([np.rot90(f.to_ndarray(format="rgb24"), k=f.rotation // 90) for f in c.decode(video=0)])
+
+
+@pytest.mark.parametrize("r", ROTATIONS)
+def test_rotated_mp4_same_display_frames_both_backends(rotated, r):
+    path, spec = rotated[r]
+    ref = _av_display_frames(path)
+    assert ref.shape[1:3] == (160, 96)                       # display orientation: portrait
+    got = {}
+    for backend in BACKENDS:
+        dec = video.open_video(path, backend)
+        try:
+            assert (dec.display_rotation, dec.rotation) == (r, r)
+            assert (dec.height, dec.width, dec.num_frames) == (160, 96, 30)
+            idx = [29, 0, 4, 24, 25, 8, 8]                   # backward, forward, repeated
+            got[backend] = dec.get(idx)
+            assert np.array_equal(got[backend], ref[idx]), backend
+        finally:
+            dec.close()
+    assert np.array_equal(got["decord"], got["pyav"])
+    # the same as the unrotated source video, within codec tolerance
+    src = video.open_video(rotated[0][0], "pyav")
+    try:
+        assert src.display_rotation == 0
+        unrot = src.get([29, 0, 4, 24, 25, 8, 8])
+    finally:
+        src.close()
+    diff = np.abs(got["pyav"].astype(np.int16) - unrot.astype(np.int16))
+    assert diff.mean() < 4, diff.mean()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("r", ROTATIONS)
+def test_rotated_mp4_coded_pictures_on_request(rotated, backend, r):
+    """rotation=0 gives the coded pictures: the display frames turned back by numpy."""
+    path, _ = rotated[r]
+    with av.open(path) as c:
+        coded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    dec = video.open_video(path, backend, rotation=0)
+    try:
+        assert (dec.display_rotation, dec.rotation) == (r, 0)
+        assert (dec.height, dec.width) == coded.shape[1:3]
+        got = dec.get([3, 28, 12])
+        assert np.array_equal(got, coded[[3, 28, 12]])
+        display = video.open_video(path, backend)
+        try:
+            assert np.array_equal(display.get([3, 28, 12]), video.rotate(got, r))
+        finally:
+            display.close()
+    finally:
+        dec.close()
+
+
+def test_rotate_helpers():
+    a = np.arange(2 * 3 * 1).reshape(1, 2, 3, 1)
+    assert np.array_equal(video.rotate(a, 90)[0, :, :, 0], [[3, 0], [4, 1], [5, 2]])   # clockwise
+    assert np.array_equal(video.rotate(video.rotate(a, 90), 270), a)
+    assert video.rotated_size(160, 96, 270) == (96, 160) and video.rotated_size(160, 96, 180) == (160, 96)
+    with pytest.raises(ValueError, match="rotation must be one of"):
+        video.open_video("x.mp4", "pyav", rotation=45)

@@ -17,7 +17,8 @@ from pycocotools import mask as mask_utils
 from mava import schema
 from pipeline import plan as planning
 from pipeline.segments import Segment, SegmentData
-from pipeline.writer import encode_sample, failure_row, write_shard
+from pipeline.errors import Failure
+from pipeline.writer import encode_sample, write_shard
 
 
 def _sample(video: str, masklet: int, start: int, t: int = 3, h: int = 24, w: int = 32, seed: int = 0):
@@ -42,7 +43,8 @@ def _rgb(data: bytes) -> np.ndarray:
 def _write(tmp_path, order=(0, 1, 2), frames="jpg"):
     items = [_sample("vid_b", 1, 0), _sample("vid_a", 2, 12), _sample("vid_a", 0, 0)]
     encoded = [encode_sample(items[i][0], items[i][1], "mask", frames) for i in order]
-    fail = failure_row(schema.video_failure_key("vid_c"), "vid_c", "VideoMissing", "vid_c.mp4: no such file")
+    fail = Failure(schema.video_failure_key("vid_c"), "vid_c", error_type="VideoMissing",
+                   message="vid_c.mp4: no such file")
     marker = write_shard(str(tmp_path / "sav_x"), "sav_x", 3, encoded, [fail])
     return items, marker
 
@@ -148,7 +150,7 @@ def test_plan_and_select(tmp_path):
     out = str(tmp_path / "s")
     d, a = _sample("v0", 1, 0)
     write_shard(out, "s", 0, [encode_sample(d, a, "mask")], [])
-    write_shard(out, "s", 1, [], [failure_row("v2_video", "v2", "VideoMissing", "gone")])
+    write_shard(out, "s", 1, [], [Failure("v2_video", "v2", error_type="VideoMissing", message="gone")])
     run, skip = planning.select_shards(plans, out, "s")
     assert [p.index for p in run] == [2] and [p.index for p in skip] == [0, 1]
     run, _ = planning.select_shards(plans, out, "s", retry_failed=True)

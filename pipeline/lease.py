@@ -1,0 +1,156 @@
+"""One writer per output: a lease file under ``<out>/<split>/`` held by the running job.
+
+The lease names its holder (host, pid, start time) and carries a heartbeat the holder refreshes.
+A second run refuses while the lease is live; a stale lease (no heartbeat for ``timeout_s``, or a
+holder pid that no longer exists on this host) is taken over, and says so in the log. On a local
+filesystem the first lease is created exclusively (O_EXCL); on an object store, where there is no
+create-if-absent, the lease is written and read back after a pause (best effort against two runs
+starting within the same second).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from mava import schema
+from mava.manifest import SplitDir
+
+log = logging.getLogger(__name__)
+
+
+class LeaseHeld(RuntimeError):
+    """Another live run holds the output."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    """The lease of one run on one split folder; use :meth:`acquire` and :meth:`release`."""
+
+    def __init__(self, out: SplitDir, timeout_s: float = 300.0):
+        self.dir = out
+        self.timeout_s = float(timeout_s)
+        self.token = uuid.uuid4().hex
+        self.started = _now()
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def path(self) -> str:
+        return self.dir.path(schema.LEASE_JSON)
+
+    def _record(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                "started_at": _iso(self.started), "heartbeat": _now(), "heartbeat_at": _iso(_now()),
+                "timeout_s": self.timeout_s}
+
+    def read(self) -> dict | None:
+        """The lease on disk (None when there is none; {} when it is unreadable)."""
+        if not self.dir.exists(schema.LEASE_JSON):
+            return None
+        try:
+            doc = json.loads(self.dir.read_bytes(schema.LEASE_JSON))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def stale_reason(self, holder: dict) -> str | None:
+        """Why ``holder`` no longer holds the output, or None when it is live."""
+        if not holder:
+            return "the lease file is unreadable"
+        try:
+            age = _now() - float(holder.get("heartbeat", 0))
+            timeout = float(holder.get("timeout_s", self.timeout_s))
+        except (TypeError, ValueError):
+            return "the lease file is malformed"
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+                and not _pid_alive(holder["pid"]):
+            return f"its process {holder['pid']} on this host is gone"
+        if age > max(timeout, self.timeout_s):
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    def acquire(self) -> "Lease":
+        """Take the lease or raise LeaseHeld naming the holder; starts the heartbeat."""
+        self.dir.fs.makedirs(self.dir.root, exist_ok=True)
+        holder = self.read()
+        if holder is not None:
+            why = self.stale_reason(holder)
+            if why is None:
+                raise LeaseHeld(
+                    f"{self.path} is held by pid {holder.get('pid')} on host {holder.get('host')} (since "
+                    f"{holder.get('started_at')}, last heartbeat {holder.get('heartbeat_at')}): another run is "
+                    f"writing this output. Wait for it to finish, or delete the lease if that run is gone.")
+            log.warning("taking over the stale lease %s of pid %s on %s: %s", self.path, holder.get("pid"),
+                        holder.get("host"), why)
+            self.dir.write_atomic(schema.LEASE_JSON, json.dumps(self._record()).encode())
+        elif self.dir.is_local:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return self.acquire()  # somebody was faster: judge their lease
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(self._record()).encode())
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            self.dir.write_atomic(schema.LEASE_JSON, json.dumps(self._record()).encode())
+            time.sleep(1.0)
+        if (self.read() or {}).get("token") != self.token:
+            raise LeaseHeld(f"{self.path} was taken by another run that started at the same time")
+        self._thread = threading.Thread(target=self._beat, name="mava-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        period = max(0.5, self.timeout_s / 5)
+        while not self._stop.wait(period):
+            try:
+                if (self.read() or {}).get("token") != self.token:
+                    self.lost = True
+                    log.error("lost the lease %s to another run", self.path)
+                    return
+                self.dir.write_atomic(schema.LEASE_JSON, json.dumps(self._record()).encode())
+            except OSError as exc:
+                log.warning("could not refresh the lease %s: %s", self.path, exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            if (self.read() or {}).get("token") == self.token:
+                self.dir.fs.rm(self.path)
+        except OSError as exc:
+            log.warning("could not remove the lease %s: %s", self.path, exc)
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
