@@ -119,6 +119,15 @@ def render(s: SplitStats) -> str:
     return "\n".join(out)
 
 
+def plot_range(column: str, values: np.ndarray) -> float:
+    """Upper end of a histogram's x axis: 1 for IoU; for area-like columns (mean alpha, semi-transparent
+    fraction), which are small for small objects, the next of 0.05, 0.1, 0.2, 0.5, 1 above the largest value."""
+    if column == "mask_iou" or not len(values):
+        return 1.0
+    top = float(np.max(values))
+    return next(h for h in (0.05, 0.1, 0.2, 0.5, 1.0) if top <= h)
+
+
 def plot(s: SplitStats, path) -> None:
     """Histograms of the quality columns and the failure counts, as one PNG (matplotlib Agg) written
     to `path` (a local path or a binary file object)."""
@@ -129,10 +138,11 @@ def plot(s: SplitStats, path) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, c in zip(axes, QUALITY_COLUMNS):
-        v = s.quality.get(c, np.array([]))
-        ax.hist(np.clip(v, 0, 1), bins=BINS, color="#3b7dd8", edgecolor="white")
-        ax.set_title(f"{c} (n={len(v)})")
-        ax.set_xlim(0, 1)
+        v = np.clip(s.quality.get(c, np.array([])), 0, 1)
+        hi = plot_range(c, v)
+        ax.hist(v, bins=np.linspace(0.0, hi, 21), color="#3b7dd8", edgecolor="white")
+        ax.set_title(f"{c} (n={len(v)})" + ("" if hi == 1.0 else f", 0..{hi:g}"))
+        ax.set_xlim(0, hi)
     ax = axes[-1]
     labels = ["ok"] + list(s.failures)
     vals = [s.ok] + list(s.failures.values())

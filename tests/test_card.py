@@ -154,3 +154,11 @@ def test_size_category_and_split_names():
     assert card.size_category(2_500_000) == "1M<n<10M"
     assert card.hub_split_name("sav_train") == "train" and card.hub_split_name("sav_val") == "validation"
     assert card.hub_split_name("sav_test") == "test" and card.hub_split_name("my-split") == "my_split"
+
+
+def test_histogram_range_fits_small_area_columns():
+    from mava.stats import plot_range
+
+    assert plot_range("mean_alpha", np.array([0.03, 0.061])) == 0.1  # not squeezed into one bin of [0, 1]
+    assert plot_range("semi_fraction", np.array([0.3])) == 0.5
+    assert plot_range("mask_iou", np.array([0.7, 0.99])) == 1.0 and plot_range("mean_alpha", np.array([])) == 1.0
