@@ -10,9 +10,9 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from mava import hf, schema  # noqa: E402
-from mava import manifest as mf  # noqa: E402
-from mava.sample import decode_sample, member_map, parse_member_bytes, read_sample_bytes  # noqa: E402
+from mava import hf, schema
+from mava import manifest as mf
+from mava.sample import decode_sample, member_map, parse_member_bytes, read_sample_bytes
 
 
 def _expected(d) -> dict[str, tuple]:

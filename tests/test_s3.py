@@ -8,7 +8,6 @@ job's process (and so of its Ray workers), ``fsspec.config.conf["s3"]`` in this 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -25,11 +24,11 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-import fsspec  # noqa: E402
+import fsspec
 
-from mava import manifest as mf  # noqa: E402
-from mava import schema  # noqa: E402
-from mava.__main__ import main  # noqa: E402
+from mava import manifest as mf
+from mava import schema
+from mava.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "mava-test"
@@ -129,7 +128,7 @@ def s3_data(s3, synth_split, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def s3_job(s3, s3_data):
     """The job run from s3:// to s3:// (mask matter), then rerun: (split URL, first and rerun outputs, etags)."""
-    server, env = s3
+    _, env = s3
     fs = _fs()
     data, out = s3_data, f"s3://{BUCKET}/out"
     first = _job(env, data=data, out=out)
@@ -155,7 +154,7 @@ def test_job_writes_the_layout_to_s3(s3_job):
 
 
 def test_rerun_skips_and_leaves_objects_untouched(s3_job):
-    split, _, rerun, etags = s3_job
+    _, _, rerun, etags = s3_job
     assert "0 done, 3 skipped" in rerun
     fs = _fs()
     assert {p: fs.info(p)["ETag"] for p in etags} == etags
@@ -242,7 +241,7 @@ def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
     """SIGKILL the job once its first done marker exists: every shard with a marker verifies, the missing
     ones are reported by verify (exit 1), nothing half-written is visible under a final name, and the
     rerun finishes the rest without touching the finished shard's objects."""
-    server, env = s3
+    _, env = s3
     fs = _fs()
     data, out = s3_data, f"s3://{BUCKET}/out_killed"
     split = f"{out}/sav_train"
