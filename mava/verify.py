@@ -255,6 +255,14 @@ def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False
     markers = {_stem(p): p for p in split.done_files()}
     tars = {_stem(p) for p in split.shard_files()}
     planned = _planned_shards(rep, split)
+    if split.fs.exists(split.path(schema.LEASE_JSON)):  # not a problem by itself: a run may be writing now
+        try:
+            lease = read_json_file(split.fs, split.path(schema.LEASE_JSON))
+            who = f"host {lease.get('host')}, pid {lease.get('pid')}, heartbeat {lease.get('heartbeat_at')}"
+        except UnreadableFile as exn:
+            who = exn.reason
+        rep.notes.append(f"{schema.LEASE_JSON} is present ({who}): a run may be writing this output now, or "
+                         "one was killed (the next run takes a stale lease over)")
     if planned is not None:
         rep.planned = planned
         missing = [schema.shard_name(split.split, i) for i in range(planned)

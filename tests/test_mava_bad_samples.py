@@ -213,3 +213,10 @@ def test_loaders_read_only_complete_shards(job_output, tmp_path, caplog):
     assert "without a done marker left out" in caplog.text and unfinished in caplog.text
     ra = RandomAccessClips(str(d), ALL)
     assert sorted(r["key"] for r in ra.rows) == want
+
+
+def test_verify_notes_a_lease(job_output, tmp_path, capsys):
+    d = _copy(job_output[0], tmp_path)
+    (d / schema.LEASE_JSON).write_text(json.dumps({"host": "h1", "pid": 42, "heartbeat_at": "now"}))
+    rc, out, _ = _run(capsys, "verify", d, "--no-progress")
+    assert rc == 0 and "OK" in out and "note: lease.json is present (host h1, pid 42" in out
