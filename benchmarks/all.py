@@ -11,6 +11,7 @@ BENCHMARKS = (
     ("matter quality (MAD, Grad) and speed", "benchmarks.matter_quality"),
     ("pipeline overhead", "benchmarks.pipeline_bench"),
     ("training loaders", "benchmarks.loader_bench"),
+    ("shard writer memory (streaming vs whole shard)", "benchmarks.writer_bench"),
     ("VideoMaMa stages (tiny config on CPU)", "benchmarks.gpu_matter"),
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -124,10 +125,13 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def decode_rle(rle: dict) -> np.ndarray:
-    """bool[H,W] from a COCO RLE dict whose counts is a str."""
+    """bool[H,W] from a compressed COCO RLE dict (``counts`` as str or bytes)."""
     counts = rle["counts"]
-    r = {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-    return mask_utils.decode(r).astype(bool)
+    r = {"size": [int(rle["size"][0]), int(rle["size"][1])],
+         "counts": counts.encode() if isinstance(counts, str) else counts}
+    with warnings.catch_warnings():  # pycocotools 2.0.x vs numpy 2 copy-keyword deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(r).astype(bool)
 
 
 @dataclass

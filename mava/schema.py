@@ -124,6 +124,7 @@ def shard_done(split: str, index: int) -> str:
 RUN_JSON = "run.json"
 RUN_NUM_SHARDS = "num_shards"   # run.json: shards in the run's plan (verify reports the missing ones)
 # done-marker fields (done/<split>-NNNNNN.json)
+MARKER_SHARD = "shard"              # the shard's name
 MARKER_SAMPLES = "samples"          # manifest rows of the shard, failures included
 MARKER_OK = "ok"                    # rows with status ok (= samples in the tar)
 MARKER_FAILED = "failed"            # rows with status failed
@@ -148,30 +149,58 @@ STATUS_FAILED = "failed"
 #: Threshold band for "semi-transparent": alpha strictly inside (SEMI_LO, SEMI_HI).
 SEMI_LO, SEMI_HI = 0.02, 0.98
 
+class Col:
+    """Manifest column names (also the names of the matching <key>.json fields)."""
+
+    KEY = "key"
+    SHARD = "shard"
+    VIDEO_ID = "video_id"
+    SOURCE = "source"
+    MASKLET_ID = "masklet_id"
+    START = "start"
+    NUM_FRAMES = "num_frames"
+    ANN_FRAMES = "ann_frames"
+    VIDEO_FRAMES = "video_frames"
+    OVERLAP = "overlap"
+    HEIGHT = "height"
+    WIDTH = "width"
+    STATUS = "status"
+    ERROR_TYPE = "error_type"
+    ERROR = "error"
+    MATTER = "matter"
+    MEAN_ALPHA = "mean_alpha"
+    SEMI_FRACTION = "semi_fraction"
+    MASK_IOU = "mask_iou"
+    MASK_AREA = "mask_area"
+    TAR_OFFSET = "tar_offset"
+    TAR_SIZE = "tar_size"
+    NUM_MEMBERS = "num_members"
+
+
 MANIFEST_SCHEMA = pa.schema([
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("shard", pa.string(), nullable=False),           # shard name, e.g. sav_train-000003
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("source", pa.string()),                          # manual | auto (null: video-level failure)
-    pa.field("masklet_id", pa.int32()),
-    pa.field("start", pa.int32()),                            # first annotated frame index
-    pa.field("num_frames", pa.int32()),
-    pa.field("ann_frames", pa.list_(pa.int32())),             # annotated (6 fps) indices
-    pa.field("video_frames", pa.list_(pa.int32())),           # video (24 fps) indices
-    pa.field("overlap", pa.int32()),                          # frames shared with the previous window
-    pa.field("height", pa.int32()),
-    pa.field("width", pa.int32()),
-    pa.field("status", pa.string(), nullable=False),          # ok | failed
-    pa.field("error_type", pa.string()),                      # exception class name when failed
-    pa.field("error", pa.string()),                           # human-readable message when failed
-    pa.field("matter", pa.string()),
-    pa.field("mean_alpha", pa.float32()),                     # mean of alpha over the clip
-    pa.field("semi_fraction", pa.float32()),                  # fraction of pixels with SEMI_LO<alpha<SEMI_HI
-    pa.field("mask_iou", pa.float32()),                       # IoU(alpha>0.5, input mask)
-    pa.field("mask_area", pa.float32()),                      # mean input-mask fraction per frame
-    pa.field("tar_offset", pa.int64()),                       # byte offset of the sample's first member header
-    pa.field("tar_size", pa.int64()),                         # bytes spanned by all the sample's members
-    pa.field("num_members", pa.int32()),
+    pa.field(Col.KEY, pa.string(), nullable=False),
+    pa.field(Col.SHARD, pa.string(), nullable=False),           # shard name, e.g. sav_train-000003
+    pa.field(Col.VIDEO_ID, pa.string(), nullable=False),
+    pa.field(Col.SOURCE, pa.string()),                          # manual | auto (null: video-level failure)
+    pa.field(Col.MASKLET_ID, pa.int32()),
+    pa.field(Col.START, pa.int32()),                            # first annotated frame index
+    pa.field(Col.NUM_FRAMES, pa.int32()),
+    pa.field(Col.ANN_FRAMES, pa.list_(pa.int32())),             # annotated (6 fps) indices
+    pa.field(Col.VIDEO_FRAMES, pa.list_(pa.int32())),           # video (24 fps) indices
+    pa.field(Col.OVERLAP, pa.int32()),                          # frames shared with the previous window
+    pa.field(Col.HEIGHT, pa.int32()),
+    pa.field(Col.WIDTH, pa.int32()),
+    pa.field(Col.STATUS, pa.string(), nullable=False),          # ok | failed
+    pa.field(Col.ERROR_TYPE, pa.string()),                      # exception class name when failed
+    pa.field(Col.ERROR, pa.string()),                           # human-readable message when failed
+    pa.field(Col.MATTER, pa.string()),
+    pa.field(Col.MEAN_ALPHA, pa.float32()),                     # mean of alpha over the clip
+    pa.field(Col.SEMI_FRACTION, pa.float32()),                  # fraction of pixels with SEMI_LO<alpha<SEMI_HI
+    pa.field(Col.MASK_IOU, pa.float32()),                       # IoU(alpha>0.5, input mask)
+    pa.field(Col.MASK_AREA, pa.float32()),                      # mean input-mask fraction per frame
+    pa.field(Col.TAR_OFFSET, pa.int64()),                       # byte offset of the sample's first member header
+    pa.field(Col.TAR_SIZE, pa.int64()),                         # bytes spanned by all the sample's members
+    pa.field(Col.NUM_MEMBERS, pa.int32()),
 ])
 MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)
 

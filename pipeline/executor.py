@@ -412,6 +412,8 @@ class _Loop:
                 elif ref in self.streams:
                     self._pull(ref, self.streams[ref])
         self.bar.close()
+        for w in self.writers:  # every shard is committed or failed: their spill files go with them
+            ray.kill(w, no_restart=True)
         self.result.wall_s = time.perf_counter() - t0
         return self.result
 

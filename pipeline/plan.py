@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from mava import schema
 from mava.manifest import SplitDir, as_split
+from mava.schema import Col
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,8 @@ def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
     if not d.exists(rel):
         return []
     with d.fs.open(d.path(rel), "rb") as f:
-        rows = pq.read_table(f, columns=["status", "error_type"]).to_pylist()
-    return [r["error_type"] for r in rows if r["status"] != schema.STATUS_OK]
+        rows = pq.read_table(f, columns=[Col.STATUS, Col.ERROR_TYPE]).to_pylist()
+    return [r[Col.ERROR_TYPE] for r in rows if r[Col.STATUS] != schema.STATUS_OK]
 
 
 @dataclass

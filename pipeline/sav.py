@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import posixpath
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from mava import schema
+from mava.sample import decode_rle  # noqa: F401  (the one RLE decoder, re-exported for the reader)
 from pipeline.errors import AnnotationMalformed, AnnotationMissing, RleSizeMismatch, UnsafeId
 
 log = logging.getLogger(__name__)
@@ -248,14 +248,6 @@ def check_rle(rle: Any, height: int, width: int, path: str, where: str) -> int:
     if total != h * w:
         raise AnnotationMalformed(path, f"{where}: RLE covers {total} pixels, the frame has {h * w}")
     return int(cnts[1::2].sum())
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """bool[H, W] mask of a (validated) compressed RLE."""
-    r = {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"]}
-    with warnings.catch_warnings():  # pycocotools 2.0.x vs numpy 2 copy-keyword deprecation
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode([r])[:, :, 0].astype(bool)
 
 
 def encode_mask(mask: np.ndarray) -> dict:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from mava import schema
 from mava.manifest import SplitDir
+from mava.schema import Col
 from pipeline.errors import Failure
 from pipeline.segments import Segment, SegmentData
 
@@ -64,9 +65,9 @@ def _jpg(rgb: np.ndarray) -> bytes:
 def segment_columns(seg: Segment) -> dict:
     """Manifest columns that describe the planned segment."""
     return {
-        "key": seg.key, "video_id": seg.video_id, "source": seg.source, "masklet_id": seg.masklet_id,
-        "start": seg.start, "num_frames": seg.length, "ann_frames": seg.ann_frames,
-        "video_frames": seg.video_frames, "overlap": seg.overlap,
+        Col.KEY: seg.key, Col.VIDEO_ID: seg.video_id, Col.SOURCE: seg.source, Col.MASKLET_ID: seg.masklet_id,
+        Col.START: seg.start, Col.NUM_FRAMES: seg.length, Col.ANN_FRAMES: seg.ann_frames,
+        Col.VIDEO_FRAMES: seg.video_frames, Col.OVERLAP: seg.overlap,
     }
 
 
@@ -77,10 +78,10 @@ def quality_columns(alpha_u8: np.ndarray, masks: np.ndarray) -> dict:
     union = np.logical_or(hard, masks).sum()
     inter = np.logical_and(hard, masks).sum()
     return {
-        "mean_alpha": float(a.mean()),
-        "semi_fraction": float(((a > schema.SEMI_LO) & (a < schema.SEMI_HI)).mean()),
-        "mask_iou": float(inter / union) if union else 1.0,
-        "mask_area": float(masks.mean()),
+        Col.MEAN_ALPHA: float(a.mean()),
+        Col.SEMI_FRACTION: float(((a > schema.SEMI_LO) & (a < schema.SEMI_HI)).mean()),
+        Col.MASK_IOU: float(inter / union) if union else 1.0,
+        Col.MASK_AREA: float(masks.mean()),
     }
 
 
@@ -90,7 +91,7 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
     t, h, w = data.masks.shape
     if alpha_u8.shape != (t, h, w) or alpha_u8.dtype != np.uint8:
         raise ValueError(f"matte {alpha_u8.dtype}{list(alpha_u8.shape)} does not match masks {[t, h, w]}")
-    row = segment_columns(seg) | {"height": h, "width": w, "status": schema.STATUS_OK, "matter": matter}
+    row = segment_columns(seg) | {Col.HEIGHT: h, Col.WIDTH: w, Col.STATUS: schema.STATUS_OK, Col.MATTER: matter}
     meta = {name: row[name] for name in schema.META_FIELDS if name in row}
     meta |= {name: data.meta[name] for name in schema.OPTIONAL_META_FIELDS if name in data.meta}
     meta["mask_rles"] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
@@ -117,8 +118,10 @@ def encode(data: SegmentData, alpha: np.ndarray | Failure, matter: str, frames: 
 def failure_row(f: Failure) -> dict:
     """Manifest row of a sample (or a whole video) that failed: the only place rows of failures are made."""
     row = segment_columns(f.segment) if f.segment is not None else {
-        "key": f.key, "video_id": f.video_id, "source": f.source, "masklet_id": f.masklet_id, "start": f.start}
-    return row | {"status": schema.STATUS_FAILED, "error_type": f.error_type, "error": f.message, "matter": f.matter}
+        Col.KEY: f.key, Col.VIDEO_ID: f.video_id, Col.SOURCE: f.source, Col.MASKLET_ID: f.masklet_id,
+        Col.START: f.start}
+    return row | {Col.STATUS: schema.STATUS_FAILED, Col.ERROR_TYPE: f.error_type, Col.ERROR: f.message,
+                  Col.MATTER: f.matter}
 
 
 def manifest_table(rows: Iterable[dict]) -> pa.Table:
@@ -262,18 +265,18 @@ class ShardWriter:
         rows = []
         for k in keys:
             off, size, n = spans[k]
-            rows.append(self._samples[k][2] | {"tar_offset": off, "tar_size": size, "num_members": n})
+            rows.append(self._samples[k][2] | {Col.TAR_OFFSET: off, Col.TAR_SIZE: size, Col.NUM_MEMBERS: n})
         rows += [failure_row(f) for f in self._failures.values()]
-        rows = [r | {"shard": self.name} for r in sorted(rows, key=lambda r: r["key"])]
+        rows = [r | {Col.SHARD: self.name} for r in sorted(rows, key=lambda r: r[Col.KEY])]
         sink = io.BytesIO()
         pq.write_table(manifest_table(rows), sink, compression="zstd")
         manifest = sink.getvalue()
         d.write_atomic(schema.shard_manifest(self.split, self.index), manifest)
         ok = len(keys)
         marker = {
-            "shard": self.name, schema.MARKER_SAMPLES: len(rows), schema.MARKER_OK: ok,
+            schema.MARKER_SHARD: self.name, schema.MARKER_SAMPLES: len(rows), schema.MARKER_OK: ok,
             schema.MARKER_FAILED: len(rows) - ok,
-            schema.MARKER_FRAMES: int(sum(r["num_frames"] or 0 for r in rows if r["status"] == schema.STATUS_OK)),
+            schema.MARKER_FRAMES: int(sum(r[Col.NUM_FRAMES] or 0 for r in rows if r[Col.STATUS] == schema.STATUS_OK)),
             schema.MARKER_TAR_BYTES: tar_size, schema.MARKER_TAR_SHA256: tar_sha,
             schema.MARKER_MANIFEST_SHA256: hashlib.sha256(manifest).hexdigest(),
         } | self.extra

@@ -102,3 +102,24 @@ class AlwaysWrongMatter(MatterBase):
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         raise ValueError("weird tensor shape from an unknown library bug")
+
+
+def key_level(key: str) -> int:
+    """The alpha level KeyedMatter writes for a sample key."""
+    import zlib
+
+    return 50 + zlib.crc32(key.encode()) % 200
+
+
+class KeyedMatter(MatterBase):
+    """alpha = mask x a level derived from the sample key: shows the actor passes keys to matters."""
+
+    name = "keyed"
+
+    def __init__(self, config: MatterConfig):
+        pass
+
+    def refine_batch_uint8(self, clips, keys=None):
+        if keys is None:
+            raise ValueError("no keys given")
+        return [m.astype(np.uint8) * key_level(k) for (_, m), k in zip(clips, keys)]

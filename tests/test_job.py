@@ -274,3 +274,18 @@ def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
     bad = failure_row(encode(data, np.zeros((t, h // 2, w), np.uint8), "m", "jpg"))
     assert isinstance(bad, dict) and bad["status"] == "failed" and bad["error_type"] == "ValueError"
     assert bad["key"] == data.segment.key and "does not match" in bad["error"]
+
+
+def test_the_actor_gives_matters_the_sample_keys(synth_split, tmp_path):
+    """Matters that take ``keys`` get each segment's key (VideoMaMa seeds its noise from it)."""
+    from tests.matters_for_tests import key_level
+
+    res = run_cli(synth_split.parent, tmp_path, "--matter", "tests.matters_for_tests:KeyedMatter",
+                  "--batch-size", "2", "--limit-videos", "1", "--frames", "none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    n = 0
+    for s in wds.WebDataset(str(tmp_path / SPLIT / schema.shard_tar(SPLIT, 0)), shardshuffle=False):
+        alpha = np.asarray(Image.open(io.BytesIO(s[schema.alpha_ext(0)])))
+        assert set(np.unique(alpha)) <= {0, key_level(s["__key__"])} and alpha.max() > 0
+        n += 1
+    assert n >= 2

@@ -149,14 +149,15 @@ def test_plan_and_select(tmp_path):
     assert [[r.video_id for r in p.videos] for p in plans] == [["v0", "v1"], ["v2", "v3"], ["v4"]]
     out = str(tmp_path / "s")
     d, a = _sample("v0", 1, 0)
-    write_shard(out, "s", 0, [encode_sample(d, a, "mask")], [])
-    write_shard(out, "s", 1, [], [Failure("v2_video", "v2", error_type="VideoMissing", message="gone")])
-    run, skip = planning.select_shards(plans, out, "s")
-    assert [p.index for p in run] == [2] and [p.index for p in skip] == [0, 1]
-    run, _ = planning.select_shards(plans, out, "s", retry_failed=True)
-    assert [p.index for p in run] == [1, 2]
-    run, _ = planning.select_shards(plans, out, "s", shards={0})
-    assert [p.index for p in run] == [0]
+    write_shard(out, "s", 0, [encode_sample(d, a, "mask")], [], extra={schema.MARKER_VIDEOS: ["v0", "v1"]})
+    write_shard(out, "s", 1, [], [Failure("v2_video", "v2", error_type="VideoMissing", message="gone")],
+                extra={schema.MARKER_VIDEOS: ["v2", "v3"]})
+    sel = planning.select_shards(plans, out, "s")
+    assert [p.index for p in sel.run] == [2] and [p.index for p in sel.skip] == [0, 1]
+    sel = planning.select_shards(plans, out, "s", retry_failed=True)
+    assert [p.index for p in sel.run] == [1, 2]
+    sel = planning.select_shards(plans, out, "s", shards={0})
+    assert [p.index for p in sel.run] == [0]
     with pytest.raises(ValueError, match="outside the plan"):
         planning.select_shards(plans, out, "s", shards={7})
     (tmp_path / "s" / "shards" / f"junk.tar.1234{schema.TMP_SUFFIX}").write_bytes(b"x")
