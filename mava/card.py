@@ -22,6 +22,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from mava import hf, schema, stats
+from mava.schema import Col
 from mava.manifest import SplitDir, UnreadableFile, as_split, ok_rows, read_json_file
 from mava.preview import BG, ROW_LABELS, TEXT, _font, load_sample, panels
 
@@ -138,17 +139,17 @@ def pick_samples(split: SplitDir, n: int) -> list[str]:
     preferring distinct videos."""
     rows = ok_rows(split)
     first: dict[tuple, dict] = {}
-    for r in sorted(rows, key=lambda r: (r["video_id"], r["source"], r["masklet_id"], r["start"])):
-        first.setdefault((r["video_id"], r["source"], r["masklet_id"]), r)
+    for r in sorted(rows, key=lambda r: (r[Col.VIDEO_ID], r[Col.SOURCE], r[Col.MASKLET_ID], r[Col.START])):
+        first.setdefault((r[Col.VIDEO_ID], r[Col.SOURCE], r[Col.MASKLET_ID]), r)
     clips = list(first.values())
     by_video: list[dict] = []
     seen = set()
     for r in clips:  # one per video first, then the rest
-        if r["video_id"] not in seen:
-            seen.add(r["video_id"])
+        if r[Col.VIDEO_ID] not in seen:
+            seen.add(r[Col.VIDEO_ID])
             by_video.append(r)
     rest = [r for r in clips if r not in by_video]
-    return [r["key"] for r in (by_video + rest)[:n]]
+    return [r[Col.KEY] for r in (by_video + rest)[:n]]
 
 
 def previews_sheet(split: SplitDir, keys: list[str], tile: int = 200) -> Image.Image:
@@ -158,7 +159,7 @@ def previews_sheet(split: SplitDir, keys: list[str], tile: int = 200) -> Image.I
     for key in keys:
         s = load_sample(split, key)
         t = int(np.argmax(s.masks.reshape(len(s.masks), -1).sum(1)))
-        rows.append((key, s.meta.get("ann_frames", [None] * (t + 1))[t], panels(s, t, tile)))
+        rows.append((key, s.meta.get(Col.ANN_FRAMES, [None] * (t + 1))[t], panels(s, t, tile)))
     pw = max(p[0].shape[1] for _, _, p in rows)
     gap, cap, head = 8, 20, 30
     W = gap + 3 * (pw + gap)

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from mava import metrics, schema
+from mava.schema import Col
 from mava.eval import gt_path, read_alpha_png
 from mava.manifest import SplitDir, as_split, ok_rows
 from mava.sample import decode_sample, member_map, parse_member_bytes, read_sample_bytes
@@ -80,20 +81,20 @@ def load_windows(split_dir: str | SplitDir, video_id: str, masklet_id: int, sour
                  ) -> tuple[str, list[Window]]:
     """(source, windows in start order) of one masklet's ok samples; `source` None picks manual if present."""
     split = as_split(split_dir)
-    rows = [r for r in ok_rows(split) if r["video_id"] == video_id and r["masklet_id"] == int(masklet_id)]
-    sources = sorted({r["source"] for r in rows})
+    rows = [r for r in ok_rows(split) if r[Col.VIDEO_ID] == video_id and r[Col.MASKLET_ID] == int(masklet_id)]
+    sources = sorted({r[Col.SOURCE] for r in rows})
     if source is None:
         source = "manual" if "manual" in sources else (sources[0] if sources else "manual")
-    rows = sorted((r for r in rows if r["source"] == source), key=lambda r: r["start"])
+    rows = sorted((r for r in rows if r[Col.SOURCE] == source), key=lambda r: r[Col.START])
     if not rows:
         raise KeyError(f"no ok samples of video {video_id!r} masklet {masklet_id} ({source}) in {split.url}"
                        + (f"; sources present: {sources}" if sources else ""))
     out = []
     for r in rows:
-        buf = read_sample_bytes(split.fs, split.shard_path(r["shard"]), r["tar_offset"], r["tar_size"])
-        s = decode_sample(r["key"], member_map(parse_member_bytes(buf), r["key"]), None, ("alpha",),
-                          shard=split.shard_url(r["shard"]))
-        out.append(Window(r["key"], list(s.meta["ann_frames"]), list(s.meta["video_frames"]), s.alpha))
+        buf = read_sample_bytes(split.fs, split.shard_path(r[Col.SHARD]), r[Col.TAR_OFFSET], r[Col.TAR_SIZE])
+        s = decode_sample(r[Col.KEY], member_map(parse_member_bytes(buf), r[Col.KEY]), None, ("alpha",),
+                          shard=split.shard_url(r[Col.SHARD]))
+        out.append(Window(r[Col.KEY], list(s.meta[Col.ANN_FRAMES]), list(s.meta[Col.VIDEO_FRAMES]), s.alpha))
     return source, out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mava import schema
+from mava.schema import Col
 from mava.manifest import SplitDir, as_split
 
 DEFAULT_MAX_FRAMES = 12
@@ -24,14 +25,14 @@ DEFAULT_MAX_FRAMES = 12
 def max_frames(split_dir: str | SplitDir) -> int:
     """The longest sample of the split (frame positions the features must cover)."""
     t = as_split(split_dir).read_manifest()
-    n = [v for v in t.column("num_frames").to_pylist() if v is not None]
+    n = [v for v in t.column(Col.NUM_FRAMES).to_pylist() if v is not None]
     return max(n) if n else DEFAULT_MAX_FRAMES
 
 
 def has_frames(split_dir: str | SplitDir) -> bool:
     """True when the split's samples carry frame JPEGs (not written with ``--frames none``)."""
-    rows = as_split(split_dir).read_manifest().select(["status", "num_frames", "num_members"]).to_pylist()
-    return any(r["status"] == schema.STATUS_OK and r["num_members"] == 1 + 2 * (r["num_frames"] or 0)
+    rows = as_split(split_dir).read_manifest().select([Col.STATUS, Col.NUM_FRAMES, Col.NUM_MEMBERS]).to_pylist()
+    return any(r[Col.STATUS] == schema.STATUS_OK and r[Col.NUM_MEMBERS] == 1 + 2 * (r[Col.NUM_FRAMES] or 0)
                for r in rows)
 
 
@@ -77,7 +78,7 @@ def load(split_dir: str | SplitDir, streaming: bool = False, **kwargs: Any):
 def row_arrays(row: dict) -> dict:
     """A ``datasets`` row as arrays: key, meta, alpha uint8[T,H,W], frames uint8[T,H,W,3] (or None)."""
     meta = row[schema.META_EXT]
-    t = int(meta["num_frames"])
+    t = int(meta[Col.NUM_FRAMES])
     alpha = np.stack([np.asarray(row[schema.alpha_ext(i)]) for i in range(t)])
     frames = None
     if row.get(schema.frame_ext(0)) is not None:
