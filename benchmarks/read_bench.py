@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import subprocess
 import sys
 import time
@@ -63,7 +62,9 @@ def raw_decord(split: Path) -> tuple[int, float]:
 
 def _child(split: str, backend: str) -> None:
     n, secs = read_all(Path(split), backend)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: ru_maxrss survives fork+exec, so a child would report its parent's peak
+    with open("/proc/self/status") as f:
+        rss_mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"frames": n, "seconds": secs, "peak_rss_mb": rss_mb}))
 
 

@@ -59,7 +59,7 @@ def prepare(workdir: Path, videos: int, frames: int, size: str) -> Path:
 
 
 _CHILD = r"""
-import pickle, resource, sys, types
+import pickle, sys, types
 from pathlib import Path
 mode, enc, out, old_writer = sys.argv[1:5]
 files = sorted(Path(enc).glob("*.pkl"))
@@ -77,7 +77,8 @@ elif mode == "after":
     w.commit()
 else:
     from pipeline import writer  # noqa: F401  (import cost only)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child would report its parent's peak
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
