@@ -69,6 +69,9 @@ class MatterConfig:
                                            "fp16 (it ignores force_upcast); fingerprinted resolved")
     alpha_8bit: str = output_option("round", "round | truncate: alpha -> 8 bits; the release truncates "
                                              "(ToPILImage: mul(255).byte()); we round (deliberate)")
+    alpha_precision: str = output_option("fp32", "fp32 | vae: dtype of the alpha map after decoding ((x/2+0.5), "
+                                                 "clamp, RGB mean, x255): fp32 (ours) or the VAE's dtype, as the "
+                                                 "release (fp16 there)")
 
 
 def is_classified(f) -> bool:

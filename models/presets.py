@@ -3,7 +3,7 @@
 ``release`` reproduces the official VideoMaMa inference CLI (cvlab-kaist/VideoMaMa,
 ``inference_onestep_folder.py`` with its defaults): every clip stretched to 1024x576 with PIL bilinear
 on uint8, the mask re-thresholded at 127 after resizing, UNet and VAE in fp16, decode in chunks of 8
-frames, alpha truncated to 8 bits. ``default`` is the project's own choice (aspect kept, soft masks,
+frames, the alpha map computed in the VAE's dtype and truncated to 8 bits. ``default`` is the project's own choice (aspect kept, soft masks,
 bf16 on GPU, rounding). What stays different even under ``release`` (per-sample noise seeds, mattes
 written at the source size) is listed in the README section "Release parity".
 """
@@ -19,7 +19,7 @@ MATTER_PRESETS: dict[str, dict[str, Any]] = {
     "release": {
         "resize": "stretch", "long_side": 1024, "resample": "pil", "mask_threshold": 127,
         "dtype": "fp16", "vae_dtype": "fp16", "decode_chunk": 8, "posterior": "sample",
-        "alpha_8bit": "truncate",
+        "alpha_8bit": "truncate", "alpha_precision": "vae",
     },
 }
 

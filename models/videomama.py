@@ -130,7 +130,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def check_options(cfg: MatterConfig) -> None:
     """Refuse unknown values of the parity options before any weights are read."""
     for name, allowed in (("resize", RESIZES), ("resample", RESAMPLES), ("alpha_8bit", ALPHA_8BIT),
-                          ("posterior", ("sample", "mode"))):
+                          ("alpha_precision", ("fp32", "vae")), ("posterior", ("sample", "mode"))):
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
     if cfg.mask_threshold is not None and not 0 <= cfg.mask_threshold < 255:
@@ -413,7 +413,7 @@ class VideoMaMaMatter(MatterBase):
             "device": str(self.device), "dtype": dtype_name(self.dtype), "vae_dtype": dtype_name(self.vae_dtype),
             "resolution": {"long_side": c.long_side, "multiple": LATENT_MULTIPLE, "resize": c.resize,
                            "keep_aspect": c.resize == "keep-aspect", "resample": c.resample},
-            "mask_threshold": c.mask_threshold, "alpha_8bit": c.alpha_8bit,
+            "mask_threshold": c.mask_threshold, "alpha_8bit": c.alpha_8bit, "alpha_precision": c.alpha_precision,
             "seed": c.seed, "posterior": c.posterior, "segment_len": c.segment_len,
             "batch_size": c.batch_size, "decode_chunk": c.decode_chunk, "encode_chunk": c.encode_chunk,
             "compile": c.compile, "compile_mode": c.compile_mode if c.compile else None,
@@ -545,7 +545,10 @@ class VideoMaMaMatter(MatterBase):
                     lat.append(dist.mean + dist.std * eps[s:s + chunk])
                 else:
                     raise ValueError(f"posterior must be sample or mode, got {self.cfg.posterior!r}")
-            lat = torch.cat(lat).to(self.dtype)                             # unscaled condition latents
+            # unscaled condition latents; the release scales the sample by the VAE factor and back (x*sf/sf):
+            # kept, since in fp16/bf16 that round trip moves latents by an ulp (measured: 7% of 8-bit
+            # alphas off by one step in fp16 without it)
+            lat = (torch.cat(lat) * self.scaling_factor / self.scaling_factor).to(self.dtype)
             frame_lat, mask_lat = lat[: b * tp], lat[b * tp:]
         with self.stage("unet"):
             sample = torch.cat([
@@ -557,7 +560,7 @@ class VideoMaMaMatter(MatterBase):
             time_ids = self._time_ids.expand(b, -1)
             pred = self.unet(sample, self._timestep, encoder_hidden_states=states,
                              added_time_ids=time_ids, return_dict=False)[0]
-            z = (pred / self.scaling_factor).to(self.vae_dtype)              # [B,tp,C,lh,lw]
+            z = (pred * (1.0 / self.scaling_factor)).to(self.vae_dtype)      # [B,tp,C,lh,lw], as the release
         with self.stage("decode"):
             # the release's temporal grouping: num_frames = the chunk (8, then the rest), per segment
             chunk = self.cfg.decode_chunk if self.cfg.decode_chunk > 0 else tp
@@ -569,9 +572,11 @@ class VideoMaMaMatter(MatterBase):
                 if self.cfg.channels_last:
                     zc = zc.contiguous(memory_format=torch.channels_last)
                 img = self.vae.decode(zc, num_frames=n, return_dict=False)[0]   # [B*n,3,h,w]
-                a = (img.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
+                if self.cfg.alpha_precision == "fp32":
+                    img = img.float()
+                a = (img / 2 + 0.5).clamp(0, 1).mean(dim=1)   # "vae": in the VAE's dtype, as the release
                 rgb.append(a.reshape(b, n, h, w))
-            alpha = torch.cat(rgb, dim=1)                                   # [B,tp,h,w] float32
+            alpha = torch.cat(rgb, dim=1)                                   # [B,tp,h,w]
         with self.stage("postprocess"):
             out = []
             for (frames, _), a in zip(clips, alpha):
@@ -584,12 +589,13 @@ class VideoMaMaMatter(MatterBase):
                     continue
                 if (hh, ww) != (h, w):
                     down = hh < h or ww < w
-                    a = F.interpolate(a[:, None], size=(hh, ww), mode="bilinear", align_corners=False,
+                    a = F.interpolate(a[:, None].float(), size=(hh, ww), mode="bilinear", align_corners=False,
                                       antialias=down)[:, 0].clamp(0, 1)
                 out.append(self._to_uint8(a).cpu() if as_uint8 else a.float().cpu())
         return out
 
     def _to_uint8(self, a: torch.Tensor) -> torch.Tensor:
-        """alpha in [0,1] -> uint8 by ``alpha_8bit``: round (ours) or truncate (the release's ToPILImage)."""
+        """alpha in [0,1] -> uint8 by ``alpha_8bit``: round (ours) or truncate (the release's ToPILImage),
+        the x255 in ``a``'s dtype (fp16 under ``alpha_precision="vae"`` with an fp16 VAE, as the release)."""
         a = a * 255.0
         return (a.round() if self.cfg.alpha_8bit == "round" else a).to(torch.uint8)   # .to truncates

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "127, or 'none' to keep it soft as its demo and training " + _preset_note("mask_threshold"))
     m.add_argument("--alpha-8bit", choices=["round", "truncate"], default=argparse.SUPPRESS,
                    help="alpha to 8 bits: round, or truncate as the release " + _preset_note("alpha_8bit"))
+    m.add_argument("--alpha-precision", choices=["fp32", "vae"], default=argparse.SUPPRESS,
+                   help="dtype of the alpha map after decoding (x/2+0.5, clamp, RGB mean, x255): fp32, or the VAE's "
+                        "dtype as the release (fp16 there) " + _preset_note("alpha_precision"))
     m.add_argument("--batch-size", type=int, default=1, help="segments per forward pass")
     m.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same mattes)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
@@ -132,7 +135,7 @@ def _mask_threshold(text: str) -> int | None:
 
 #: matter flags whose default comes from --preset (their argparse default is SUPPRESS)
 PRESET_FLAGS = ("dtype", "vae_dtype", "long_side", "resize", "resample", "mask_threshold", "alpha_8bit",
-                "decode_chunk", "posterior")
+                "alpha_precision", "decode_chunk", "posterior")
 
 
 def matter_config_from_args(args: argparse.Namespace) -> MatterConfig:

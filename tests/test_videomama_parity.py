@@ -8,7 +8,7 @@ observing the real modules (forward hooks on the VAE encoder/decoder), not a moc
 * geometry: the CLI stretches every clip to 1024x576; it resizes with PIL bilinear on uint8;
 * the CLI re-thresholds the resized mask at 127 (``> 127``); the demo keeps it soft;
 * precision: UNet and VAE both fp16 (force_upcast ignored);
-* alpha to 8 bits by truncation;
+* alpha mapped in the VAE's dtype and converted to 8 bits by truncation;
 * published folders: ``unet/``/``vae/`` with plain and/or ``fp16``-variant safetensors files.
 """
 
@@ -225,6 +225,21 @@ def test_alpha_8bit_round_by_default_truncate_as_the_release(tiny):
 # --------------------------------------------------------------------------------------- precision
 
 
+def test_alpha_precision_vae_maps_alpha_in_the_vae_dtype(tiny):
+    """The release computes (x/2+0.5).clamp(0,1).mean(RGB) and x255 in its fp16 VAE's dtype."""
+    frames, masks = clip(12, t=3)
+    kw = dict(segment_len=4, dtype="fp16", vae_dtype="fp16")
+    ours = build_matter("videomama", cfg_for(*tiny, **kw)).refine(frames, masks)
+    rel = build_matter("videomama", cfg_for(*tiny, **kw, alpha_precision="vae")).refine(frames, masks)
+    assert np.array_equal(rel.astype(np.float16).astype(np.float32), rel)       # fp16 values
+    assert not np.array_equal(ours.astype(np.float16).astype(np.float32), ours)
+    assert 0 < np.abs(ours - rel).max() < 2e-3
+    fp32 = [build_matter("videomama", cfg_for(*tiny, segment_len=4, alpha_precision=p)).refine(frames, masks)
+            for p in ("fp32", "vae")]
+    np.testing.assert_array_equal(*fp32)      # with an fp32 VAE the option changes nothing
+
+
+
 def test_precision_modes_select_unet_and_vae_dtypes(tiny):
     """fp16 keeps the VAE in fp32 when its config says force_upcast (ours); vae_dtype fp16 = the release."""
     ours = build_matter("videomama", cfg_for(*tiny, dtype="fp16"))
@@ -260,8 +275,8 @@ def test_release_preset_runs_fp16_end_to_end_on_cpu(tiny_both):
 def test_release_preset_sets_output_options_and_explicit_values_win():
     assert set(MATTER_PRESETS["release"]) <= set(output_fields())   # all fingerprinted
     c = preset_config("release")
-    assert (c.resize, c.resample, c.mask_threshold, c.dtype, c.vae_dtype, c.decode_chunk, c.alpha_8bit) == \
-           ("stretch", "pil", 127, "fp16", "fp16", 8, "truncate")
+    assert (c.resize, c.resample, c.mask_threshold, c.dtype, c.vae_dtype, c.decode_chunk, c.alpha_8bit,
+            c.alpha_precision) == ("stretch", "pil", 127, "fp16", "fp16", 8, "truncate", "vae")
     assert preset_config("release", dtype="bf16", mask_threshold=None).dtype == "bf16"
     assert preset_config("default") == MatterConfig()
 
@@ -284,14 +299,14 @@ def test_cli_preset_release_and_explicit_flags(tmp_path):
     with pytest.raises(SystemExit):
         matter("--mask-threshold", "255")
     help_text = " ".join(build_parser().format_help().split())
-    for text in ("--preset", "release", "stretch", "--mask-threshold", "--vae-dtype", "--alpha-8bit",
+    for text in ("--preset", "release", "stretch", "--mask-threshold", "--vae-dtype", "--alpha-8bit", "--alpha-precision",
                  "(default: 8; release: 8)", "(default: keep-aspect; release: stretch)"):
         assert text in help_text, text
 
 
 def test_unknown_option_values_are_refused_before_loading(tiny):
     for bad in (dict(resize="crop"), dict(resample="cv2"), dict(alpha_8bit="ceil"), dict(mask_threshold=255),
-                dict(vae_dtype="fp8")):
+                dict(vae_dtype="fp8"), dict(alpha_precision="fp64")):
         with pytest.raises(ValueError):
             build_matter("videomama", cfg_for(*tiny, **bad))
 
@@ -391,6 +406,7 @@ def test_git_lfs_pointer_is_named(tmp_path, tiny):
 
 def test_fingerprint_covers_every_parity_option(tiny):
     opts = build_matter("videomama", cfg_for(*tiny)).resolved_options()
-    for name in ("decode_chunk", "resize", "resample", "mask_threshold", "dtype", "vae_dtype", "alpha_8bit"):
+    for name in ("decode_chunk", "resize", "resample", "mask_threshold", "dtype", "vae_dtype", "alpha_8bit",
+                 "alpha_precision"):
         assert name in opts, name
     assert json.dumps(opts)   # JSON-able for run.json / done markers
