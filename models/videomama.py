@@ -41,7 +41,7 @@ from models.presets import differences
 
 log = logging.getLogger(__name__)
 
-ADDED_TIME_IDS = (7.0, 127.0, 0.0)   # fps-1, motion bucket, noise augmentation: as in the release
+ADDED_TIME_IDS = (7.0, 127.0, 0.0)   # fps id, motion bucket, noise aug.: the release passes fps=7 as is
 TIMESTEP = 1.0
 LATENT_MULTIPLE = 64                 # model sides are multiples of this (clean latent grid)
 STRETCH_HW = (576, 1024)             # the release CLI's (and demo's) model size, H x W, at long side 1024
