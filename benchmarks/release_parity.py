@@ -50,8 +50,8 @@ def import_release(release: Path, site: str | None, without_ops: bool):
     if without_ops:   # a CUDA torchvision wheel on a CPU torch: skip its C-op registrations
         for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
             sys.modules.setdefault(name, types.ModuleType(name))
-    import inference_onestep_folder as cli   # noqa: PLC0415 - from the release checkout
-    import pipeline_svd_mask as pipe         # noqa: PLC0415
+    import inference_onestep_folder as cli   # from the release checkout
+    import pipeline_svd_mask as pipe
     return pipe, cli
 
 
@@ -59,7 +59,7 @@ def write_tiny_release_layout(root: Path, cross_dim: int) -> tuple[Path, Path]:
     """Tiny checkpoint in the release's layout: VideoMaMa ``unet/`` (plain file, as it is loaded without a
     variant), SVD base ``vae/`` with only the fp16 variant (the release loads ``variant="fp16"``; ours then
     loads the same file), and the CLIP parts its pipeline constructs (their output is zeroed)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: PLC0415
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     ckpt, base = root / "VideoMaMa", root / "svd"
     save_variants(build_unet(tiny_unet_config(), seed=0), ckpt / "unet", "plain")

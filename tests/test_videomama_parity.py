@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from models.arch import build_unet, save_variants, tiny_unet_config
+from models.arch import build_unet, tiny_unet_config
 from models.base import MatterConfig, build_matter, output_fields
 from models.presets import MATTER_PRESETS, preset_config
 from models.tiny import make_tiny
