@@ -6,6 +6,7 @@ The real values are those of ``stabilityai/stable-video-diffusion-img2vid-xt`` (
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,27 @@ def build_vae(config: dict[str, Any], seed: int = 0):
     return AutoencoderKLTemporalDecoder(**config)
 
 
-def write_checkpoint(out: str | Path, unet, vae) -> tuple[Path, Path]:
-    """Save in the release layout: ``<out>/checkpoint/unet`` and ``<out>/base/vae``; returns (checkpoint, base)."""
+WEIGHT_VARIANTS = ("plain", "fp16", "both")
+
+
+def save_variants(model, folder: str | Path, variants: str = "plain") -> None:
+    """``save_pretrained`` in the published layouts: ``plain`` = ``diffusion_pytorch_model.safetensors`` (the
+    model's dtype), ``fp16`` = only ``diffusion_pytorch_model.fp16.safetensors`` holding fp16 weights (as the
+    Hub's ``fp16`` variants), ``both`` = the two files side by side (as the SVD base folder)."""
+    if variants not in WEIGHT_VARIANTS:
+        raise ValueError(f"variants must be one of {WEIGHT_VARIANTS}, got {variants!r}")
+    if variants in ("plain", "both"):
+        model.save_pretrained(folder)
+    if variants in ("fp16", "both"):
+        copy.deepcopy(model).half().save_pretrained(folder, variant="fp16")   # the model itself stays as it is
+
+
+def write_checkpoint(out: str | Path, unet, vae, unet_variants: str = "plain",
+                     vae_variants: str = "plain") -> tuple[Path, Path]:
+    """Save in the release layout: ``<out>/checkpoint/unet`` and ``<out>/base/vae`` (each with the weight files
+    :func:`save_variants` names); returns (checkpoint, base)."""
     out = Path(out)
     ckpt, base = out / "checkpoint", out / "base"
-    unet.save_pretrained(ckpt / "unet")
-    vae.save_pretrained(base / "vae")
+    save_variants(unet, ckpt / "unet", unet_variants)
+    save_variants(vae, base / "vae", vae_variants)
     return ckpt, base

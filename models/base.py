@@ -41,8 +41,9 @@ class MatterConfig:
     long_side: int = output_option(1024, "model resolution: long side, both sides multiples of 64")
     segment_len: int = output_option(12, "short segments are padded to this for the model")
     batch_size: int = runtime_option(1, "segments per forward pass (may move a rare pixel by one 8-bit step)")
-    decode_chunk: int = output_option(12, "VAE decode chunk (frames): the temporal decoder mixes frames "
-                                          "inside a chunk")
+    decode_chunk: int = output_option(8, "VAE decode chunk (frames): the temporal decoder mixes frames only "
+                                         "inside a chunk; 8 = the release (8 then 4 for 12 frames); 12 = one "
+                                         "chunk per segment, a deviation from the release")
     compile: bool = runtime_option(False, "torch.compile the model parts")
     posterior: str = output_option("sample", "VAE posterior for the condition latents: sample (seeded, as "
                                              "released) | mode")
@@ -54,6 +55,23 @@ class MatterConfig:
     cudnn_benchmark: bool = runtime_option(False, "torch.backends.cudnn.benchmark on CUDA (cuDNN autotuning)")
     channels_last: bool = runtime_option(False, "channels-last memory format for the VAE's 2-D convolutions")
     pin_memory: bool = runtime_option(False, "pinned host buffers + non_blocking uploads (CUDA only)")
+    resize: str = output_option("keep-aspect", "keep-aspect (long side long_side, sides snapped to 64) | "
+                                               "stretch (every clip to long_side x long_side*9/16, sides snapped "
+                                               "to 64: the release CLI's 1024x576 at long_side 1024)")
+    resample: str = output_option("torch", "torch (float bilinear, antialiased, on the model's device) | pil "
+                                           "(the release: PIL bilinear on uint8 on the host; mattes made 8-bit "
+                                           "at model size, then PIL bilinear to the source size as its demo)")
+    mask_threshold: int | None = output_option(None, "binarise the resized mask: on the 0..255 scale, > N is "
+                                                     "foreground (the release CLI: 127); None keeps it soft "
+                                                     "(the release demo and training)")
+    vae_dtype: str = output_option("auto", "auto | fp32 | bf16 | fp16: auto = dtype, but fp32 when dtype is fp16 "
+                                           "and the VAE config says force_upcast; the release runs the VAE in "
+                                           "fp16 (it ignores force_upcast); fingerprinted resolved")
+    alpha_8bit: str = output_option("round", "round | truncate: alpha -> 8 bits; the release truncates "
+                                             "(ToPILImage: mul(255).byte()); we round (deliberate)")
+    alpha_precision: str = output_option("fp32", "fp32 | vae: dtype of the alpha map after decoding ((x/2+0.5), "
+                                                 "clamp, RGB mean, x255): fp32 (ours) or the VAE's dtype, as the "
+                                                 "release (fp16 there)")
 
 
 def is_classified(f) -> bool:

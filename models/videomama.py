@@ -4,9 +4,16 @@ Per batch of segments (DESIGN.md "The matter contract"): frames and masks (3 cha
 VAE-encoded per frame (posterior sampled with a seeded generator, or its mode), the condition latents
 are used unscaled; the UNet sees concat(noise, frame latent, mask latent) on channels, zero encoder
 states [B,1,cross_dim], added_time_ids [7,127,0] and timestep 1. Its output is the clean scaled latent:
-divide by the VAE scaling factor, decode with num_frames=T (in chunks), map (x/2+0.5).clamp(0,1) and
-average RGB. The model runs at an aspect-keeping size (long side ``long_side``, both sides multiples
-of 64) and the matte is resized back to the source size on the model's device.
+divide by the VAE scaling factor, decode in chunks of ``decode_chunk`` frames with num_frames = the
+chunk (default 8, the release's grouping: 8 then 4 for 12 frames; the temporal decoder mixes frames only
+inside a chunk), map (x/2+0.5).clamp(0,1) and average RGB. By default the model runs at an
+aspect-keeping size (long side ``long_side``, both sides multiples of 64) and the matte is resized back
+to the source size on the model's device.
+
+Release parity (README "Release parity"): every deliberate difference from the official inference is a
+MatterConfig option (``resize``, ``resample``, ``mask_threshold``, ``dtype``/``vae_dtype``, ``alpha_8bit``,
+``decode_chunk``); ``models.presets`` names the release CLI's values. Checkpoint folders load as published:
+plain and/or ``fp16``-variant weight files, the variant matching the dtype preferred.
 
 Noise is a pure function of (config seed, sample): each segment gets its own CPU generator seeded from
 the config seed and the sample's key (or, when no key is given, a hash of its masks), so reruns,
@@ -17,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
@@ -28,13 +37,20 @@ import torch.nn.functional as F
 
 from models.arch import SVD_BASE_IN_CHANNELS, VIDEOMAMA_IN_CHANNELS
 from models.base import MatterBase, MatterConfig
+from models.presets import differences
 
 log = logging.getLogger(__name__)
 
-ADDED_TIME_IDS = (7.0, 127.0, 0.0)   # fps-1, motion bucket, noise augmentation: as in the release
+ADDED_TIME_IDS = (7.0, 127.0, 0.0)   # fps id, motion bucket, noise aug.: the release passes fps=7 as is
 TIMESTEP = 1.0
 LATENT_MULTIPLE = 64                 # model sides are multiples of this (clean latent grid)
-WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin")
+STRETCH_HW = (576, 1024)             # the release CLI's (and demo's) model size, H x W, at long side 1024
+RESIZES = ("keep-aspect", "stretch")
+RESAMPLES = ("torch", "pil")
+ALPHA_8BIT = ("round", "truncate")
+CONFIG_NAME = "config.json"
+WEIGHTS_STEM = "diffusion_pytorch_model"   # diffusers' weight file name (+ .<variant>) + .safetensors/.bin
+VARIANTS = ("plain", "fp16")               # plain = no variant in the file name
 
 HOW_TO_GET_WEIGHTS = (
     "Get the VideoMaMa checkpoint folder (its unet/ has 12 input channels) from the VideoMaMa release and "
@@ -63,14 +79,22 @@ def _no_stage(name: str) -> ContextManager:
 # ----------------------------------------------------------------------------------------- policy
 
 
-def model_size(height: int, width: int, long_side: int = 1024) -> tuple[int, int]:
-    """(h, w) the model runs at: aspect kept, long side ~``long_side``, both multiples of 64."""
+def _snap(v: float) -> int:
+    return max(LATENT_MULTIPLE, int(v / LATENT_MULTIPLE + 0.5) * LATENT_MULTIPLE)  # nearest, ties up
+
+
+def model_size(height: int, width: int, long_side: int = 1024, resize: str = "keep-aspect") -> tuple[int, int]:
+    """(h, w) the model runs at, both multiples of 64.
+
+    ``keep-aspect``: aspect kept, long side ~``long_side``. ``stretch``: every clip, portrait or not, to the
+    release's 16:9 landscape frame scaled to ``long_side`` wide (1024x576 at 1024), aspect not kept.
+    """
+    if resize == "stretch":
+        return _snap(long_side * STRETCH_HW[0] / STRETCH_HW[1]), _snap(long_side)
+    if resize != "keep-aspect":
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
     scale = long_side / max(height, width)
-
-    def snap(v: float) -> int:
-        return max(LATENT_MULTIPLE, int(v / LATENT_MULTIPLE + 0.5) * LATENT_MULTIPLE)  # nearest, ties up
-
-    return snap(height * scale), snap(width * scale)
+    return _snap(height * scale), _snap(width * scale)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,6 +109,45 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {name!r}")
     return _DTYPES[name]
+
+
+def resolve_vae_dtype(name: str, dtype: torch.dtype, vae_config) -> torch.dtype:
+    """The VAE's dtype: ``auto`` follows ``dtype`` but keeps fp32 when ``dtype`` is fp16 and the VAE config
+    says ``force_upcast`` (the SVD VAE can overflow in fp16; diffusers' SVD pipeline upcasts too). The
+    release runs it in fp16 regardless: ``vae_dtype="fp16"``."""
+    if name == "auto":
+        force = vae_config["force_upcast"] if isinstance(vae_config, dict) else vae_config.force_upcast
+        return torch.float32 if dtype == torch.float16 and force else dtype
+    if name not in _DTYPES:
+        raise ValueError(f"vae_dtype must be auto or one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_options(cfg: MatterConfig) -> None:
+    """Refuse unknown values of the parity options before any weights are read."""
+    for name, allowed in (("resize", RESIZES), ("resample", RESAMPLES), ("alpha_8bit", ALPHA_8BIT),
+                          ("alpha_precision", ("fp32", "vae")), ("posterior", ("sample", "mode"))):
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    if cfg.mask_threshold is not None and not 0 <= cfg.mask_threshold < 255:
+        raise ValueError(f"mask_threshold must be None or in 0..254 (0..255 scale, > N is foreground), "
+                         f"got {cfg.mask_threshold!r}")
+    if cfg.decode_chunk < 0:
+        raise ValueError(f"decode_chunk must be >= 0 (0 = the whole segment), got {cfg.decode_chunk}")
+
+
+def pil_resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8[T,H,W(,3)] -> uint8[T,h,w(,3)] with PIL's bilinear filter (antialiased when shrinking), the
+    release's resize; returned unchanged when the size already matches."""
+    from PIL import Image
+
+    if images.shape[1:3] == (h, w):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR)) for im in images])
 
 
 def sample_seed(seed: int, key: str) -> int:
@@ -136,12 +199,103 @@ def check_unet_channels(in_channels: int, where: str) -> None:
         )
 
 
-def weights_sha256(folders: Sequence[Path]) -> str:
-    """sha256 over the config and weight files of the folders (names and contents, sorted)."""
+@dataclass(frozen=True)
+class WeightFiles:
+    """The files of one diffusers model folder that ``from_pretrained`` reads for the chosen variant."""
+
+    folder: Path
+    variant: str                 # "plain" | "fp16"
+    files: tuple[Path, ...]      # one weight file, or a shard index followed by its shards
+    safetensors: bool
+
+    @property
+    def diffusers_variant(self) -> str | None:
+        return None if self.variant == "plain" else self.variant
+
+    @property
+    def config(self) -> Path:
+        return self.folder / CONFIG_NAME
+
+    def describe(self) -> dict:
+        return {"folder": str(self.folder), "variant": self.variant, "files": [p.name for p in self.files]}
+
+
+def _with_variant(name: str, variant: str) -> str:
+    """diffusers' naming: the variant goes before the last suffix (``x.safetensors`` -> ``x.fp16.safetensors``)."""
+    if variant == "plain":
+        return name
+    head, _, tail = name.rpartition(".")
+    return f"{head}.{variant}.{tail}"
+
+
+def _variant_files(folder: Path, variant: str) -> WeightFiles | None:
+    """The files diffusers would load for ``variant``: a safetensors shard index with its shards, one
+    safetensors file, or (legacy) one ``.bin``; None when the folder has none of them."""
+    index = folder / _with_variant(f"{WEIGHTS_STEM}.safetensors.index.json", variant)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing in {folder}: {missing}")
+        return WeightFiles(folder, variant, (index, *(folder / s for s in shards)), True)
+    for suffix, safe in ((".safetensors", True), (".bin", False)):
+        path = folder / _with_variant(WEIGHTS_STEM + suffix, variant)
+        if path.is_file():
+            return WeightFiles(folder, variant, (path,), safe)
+    return None
+
+
+def _check_not_lfs_pointer(path: Path) -> None:
+    if path.stat().st_size < 1024 and path.read_bytes().startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in that clone "
+                              f"(or download the file itself)")
+
+
+EXPECTED_FILES = (f"expected {CONFIG_NAME} and {WEIGHTS_STEM}.safetensors (plain) and/or "
+                  f"{WEIGHTS_STEM}.fp16.safetensors (fp16 variant) -- or a sharded "
+                  f"{WEIGHTS_STEM}.safetensors.index[.fp16].json with its shards, or legacy .bin files")
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def require_config(folder: Path, what: str) -> None:
+    """A model folder must hold ``config.json``; the error lists what it holds and what is expected."""
+    found = _listing(Path(folder))
+    if CONFIG_NAME not in found:
+        raise CheckpointError(f"{what} folder {folder} has no {CONFIG_NAME}; found {found or 'no files'}; "
+                              f"{EXPECTED_FILES}. {HOW_TO_GET_WEIGHTS}")
+
+
+def select_weights(folder: Path, dtype: torch.dtype, what: str) -> WeightFiles:
+    """Which weight files of a published diffusers folder to load: the ``fp16`` variant first when the
+    model runs in fp16, the plain file first otherwise, falling back to the other one. Raises a
+    :class:`CheckpointError` that lists the folder's files and what is expected when neither is there."""
+    folder = Path(folder)
+    prefer = ("fp16", "plain") if dtype == torch.float16 else ("plain", "fp16")
+    require_config(folder, what)
+    for variant in prefer:
+        chosen = _variant_files(folder, variant)
+        if chosen is not None:
+            for path in chosen.files:
+                _check_not_lfs_pointer(path)
+            if variant != prefer[0]:
+                log.info("%s: no %s weights in %s, loading the %s files %s", what, prefer[0], folder, variant,
+                         [p.name for p in chosen.files])
+            return chosen
+    raise CheckpointError(f"{what} folder {folder} holds no weight file diffusers can load; found "
+                          f"{_listing(folder)}; {EXPECTED_FILES}. {HOW_TO_GET_WEIGHTS}")
+
+
+def weights_sha256(selected: Sequence[WeightFiles]) -> str:
+    """sha256 over the files actually loaded: per folder its config and the chosen weight files (names and
+    contents), so the plain and the fp16 files of one checkpoint hash differently, and an unused variant
+    lying beside them does not count."""
     h = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in Path(folder).iterdir() if p.suffix in WEIGHT_SUFFIXES):
-            h.update(f"{folder.name}/{path.name}\0".encode())
+    for wf in selected:
+        for path in (wf.config, *wf.files):
+            h.update(f"{wf.folder.name}/{path.name}\0".encode())
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(8 << 20), b""):
                     h.update(block)
@@ -160,25 +314,33 @@ class VideoMaMaMatter(MatterBase):
     def __init__(self, cfg: MatterConfig):
         from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
+        check_options(cfg)
         unet_dir, vae_dir = resolve_folders(cfg)
-        unet_cfg = UNetSpatioTemporalConditionModel.load_config(unet_dir)
-        check_unet_channels(int(unet_cfg["in_channels"]), str(unet_dir))
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(unet_dir, torch_dtype=dtype)
-        vae_cfg = AutoencoderKLTemporalDecoder.load_config(vae_dir)
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir, torch_dtype=self._vae_dtype(dtype, vae_cfg))
-        log.info("loaded VideoMaMa UNet %s and VAE %s (%s, %s)", unet_dir, vae_dir, dtype, device)
-        self._setup(unet, vae, cfg, device, dtype, (unet_dir, vae_dir))
+        unet_files = select_weights(unet_dir, dtype, "VideoMaMa UNet")
+        unet_cfg = UNetSpatioTemporalConditionModel.load_config(unet_dir)
+        check_unet_channels(int(unet_cfg["in_channels"]), str(unet_dir))
+        require_config(vae_dir, "SVD VAE")
+        vae_dtype = resolve_vae_dtype(cfg.vae_dtype, dtype, AutoencoderKLTemporalDecoder.load_config(vae_dir))
+        vae_files = select_weights(vae_dir, vae_dtype, "SVD VAE")
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(
+            unet_dir, torch_dtype=dtype, variant=unet_files.diffusers_variant, use_safetensors=unet_files.safetensors)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            vae_dir, torch_dtype=vae_dtype, variant=vae_files.diffusers_variant, use_safetensors=vae_files.safetensors)
+        log.info("loaded VideoMaMa UNet %s (%s files) and VAE %s (%s files) on %s, UNet %s, VAE %s", unet_dir,
+                 unet_files.variant, vae_dir, vae_files.variant, device, dtype_name(dtype), dtype_name(vae_dtype))
+        self._setup(unet, vae, cfg, device, dtype, (unet_files, vae_files))
 
     @classmethod
     def from_modules(cls, unet, vae, cfg: MatterConfig) -> "VideoMaMaMatter":
         """Wrap already-built modules (the GPU benchmark's random real-size model) in the production path."""
+        check_options(cfg)
         check_unet_channels(int(unet.config.in_channels), "given UNet")
         obj = cls.__new__(cls)
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
-        vae_dtype = cls._vae_dtype(dtype, vae.config)
+        vae_dtype = resolve_vae_dtype(cfg.vae_dtype, dtype, vae.config)
         if unet.dtype != dtype:
             unet = unet.to(dtype)
         if vae.dtype != vae_dtype:
@@ -186,16 +348,11 @@ class VideoMaMaMatter(MatterBase):
         obj._setup(unet, vae, cfg, device, dtype, None)
         return obj
 
-    @staticmethod
-    def _vae_dtype(dtype: torch.dtype, vae_config) -> torch.dtype:
-        # The SVD VAE overflows in fp16 (config force_upcast): keep it in fp32 then, as diffusers' SVD pipeline.
-        force = vae_config["force_upcast"] if isinstance(vae_config, dict) else vae_config.force_upcast
-        return torch.float32 if dtype == torch.float16 and force else dtype
-
-    def _setup(self, unet, vae, cfg: MatterConfig, device, dtype, folders) -> None:
+    def _setup(self, unet, vae, cfg: MatterConfig, device, dtype, weights) -> None:
         self.cfg = cfg
         self.device, self.dtype = device, dtype
-        self.folders = folders
+        self.weights: tuple[WeightFiles, WeightFiles] | None = weights   # (unet, vae) files loaded
+        self.folders = (weights[0].folder, weights[1].folder) if weights else None
         self._sha256: str | None = None
         self.stage: StageHook = _no_stage   # benchmarks swap in a timer; production leaves it a no-op
         self.unet = unet.to(device).eval()
@@ -251,26 +408,42 @@ class VideoMaMaMatter(MatterBase):
             "checkpoint": str(self.folders[0].parent) if self.folders else None,
             "base_model": str(self.folders[1].parent) if self.folders else None,
             "weights_sha256": self.weights_hash(),
+            "weights": {"unet": self.weights[0].describe(), "vae": self.weights[1].describe()} if self.weights else None,
             "unet_in_channels": self.unet_in_channels,
-            "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-            "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
-            "resolution": {"long_side": c.long_side, "multiple": LATENT_MULTIPLE, "keep_aspect": True},
+            "device": str(self.device), "dtype": dtype_name(self.dtype), "vae_dtype": dtype_name(self.vae_dtype),
+            "resolution": {"long_side": c.long_side, "multiple": LATENT_MULTIPLE, "resize": c.resize,
+                           "keep_aspect": c.resize == "keep-aspect", "resample": c.resample},
+            "mask_threshold": c.mask_threshold, "alpha_8bit": c.alpha_8bit, "alpha_precision": c.alpha_precision,
             "seed": c.seed, "posterior": c.posterior, "segment_len": c.segment_len,
             "batch_size": c.batch_size, "decode_chunk": c.decode_chunk, "encode_chunk": c.encode_chunk,
             "compile": c.compile, "compile_mode": c.compile_mode if c.compile else None,
             "cudnn_benchmark": c.cudnn_benchmark, "channels_last": c.channels_last, "pin_memory": c.pin_memory,
+            "differs_from_release": self.release_differences(),
         }
 
+    def release_differences(self) -> dict:
+        """Resolved options that differ from the release CLI's (``models.presets`` 'release'): {name: [ours, release]}."""
+        resolved = self.resolved_options()
+        out = {}
+        for name, (_, release) in differences(self.cfg, "release").items():
+            ours = resolved.get(name, getattr(self.cfg, name))
+            if name in ("dtype", "vae_dtype"):
+                release = dtype_name(_DTYPES[release])
+            if ours != release:
+                out[name] = [ours, release]
+        return out
+
     def resolved_options(self) -> dict:
+        """Output options as they act: ``dtype``/``vae_dtype`` are the dtypes the UNet and VAE run in."""
         opts = super().resolved_options()
-        opts["dtype"] = str(self.dtype).removeprefix("torch.")
-        opts["vae_dtype"] = str(self.vae_dtype).removeprefix("torch.")
+        opts["dtype"] = dtype_name(self.dtype)
+        opts["vae_dtype"] = dtype_name(self.vae_dtype)
         return opts
 
     def weights_hash(self) -> str:
-        """sha256 of the loaded folders' files, computed once (``random-init`` for in-memory modules)."""
+        """sha256 of the files actually loaded, computed once (``random-init`` for in-memory modules)."""
         if self._sha256 is None:
-            self._sha256 = weights_sha256(self.folders) if self.folders else "random-init"
+            self._sha256 = weights_sha256(self.weights) if self.weights else "random-init"
         return self._sha256
 
     # ------------------------------------------------------------------------------- internals
@@ -283,7 +456,7 @@ class VideoMaMaMatter(MatterBase):
         for i, (frames, masks) in enumerate(clips):
             self.check_inputs(frames, masks)
             t, hh, ww = masks.shape
-            groups[(*model_size(hh, ww, self.cfg.long_side), max(t, self.cfg.segment_len))].append(i)
+            groups[(*model_size(hh, ww, self.cfg.long_side, self.cfg.resize), max(t, self.cfg.segment_len))].append(i)
         out: list[torch.Tensor | None] = [None] * len(clips)
         bs = max(1, self.cfg.batch_size)
         for (h, w, tp), idx in groups.items():
@@ -303,15 +476,31 @@ class VideoMaMaMatter(MatterBase):
         return t.to(self.device)
 
     def _prepare(self, frames: np.ndarray, masks: np.ndarray, h: int, w: int, tp: int):
-        """uint8/bool host arrays -> model-size tensors in [-1,1], [tp,3,h,w] each, padded in time."""
-        f = self._upload(frames).permute(0, 3, 1, 2).float()             # [T,3,H,W] 0..255
+        """uint8/bool host arrays -> model-size tensors in [-1,1], [tp,3,h,w] each, padded in time.
+
+        Values map as the release's ``ToTensor()*2-1``: x/255*2-1. ``resample="pil"`` resizes uint8 on the
+        host with PIL (the release), ``torch`` resizes floats on the device. ``mask_threshold`` then
+        binarises the resized mask on the 0..255 scale (``> N``), as the release CLI does at 127.
+        """
         masks = masks if masks.dtype == bool else masks.astype(bool)
-        m = self._upload(masks.view(np.uint8))[:, None].float()           # [T,1,H,W] 0..1
-        if f.shape[-2:] != (h, w):
-            down = f.shape[-2] > h or f.shape[-1] > w
-            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False, antialias=down)
-            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False, antialias=down)
-        f = f / 127.5 - 1.0
+        thr = self.cfg.mask_threshold
+        if self.cfg.resample == "pil":
+            mk = pil_resize(masks.view(np.uint8) * np.uint8(255), h, w)     # [T,h,w] uint8 0..255
+            if thr is not None:
+                mk = np.where(mk > thr, np.uint8(255), np.uint8(0))
+            f = self._upload(pil_resize(frames, h, w)).permute(0, 3, 1, 2).float() / 255.0
+            m = self._upload(mk)[:, None].float() / 255.0
+        else:
+            f = self._upload(frames).permute(0, 3, 1, 2).float()             # [T,3,H,W] 0..255
+            m = self._upload(masks.view(np.uint8))[:, None].float()           # [T,1,H,W] 0..1
+            if f.shape[-2:] != (h, w):
+                down = f.shape[-2] > h or f.shape[-1] > w
+                f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False, antialias=down)
+                m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False, antialias=down)
+            f = f / 255.0
+            if thr is not None:
+                m = ((m * 255.0).round() > thr).float()
+        f = f * 2.0 - 1.0
         m = (m * 2.0 - 1.0).expand(-1, 3, -1, -1)
         if f.shape[0] < tp:  # pad by repeating the last frame; cropped back after decoding
             pad = tp - f.shape[0]
@@ -356,7 +545,10 @@ class VideoMaMaMatter(MatterBase):
                     lat.append(dist.mean + dist.std * eps[s:s + chunk])
                 else:
                     raise ValueError(f"posterior must be sample or mode, got {self.cfg.posterior!r}")
-            lat = torch.cat(lat).to(self.dtype)                             # unscaled condition latents
+            # unscaled condition latents; the release scales the sample by the VAE factor and back (x*sf/sf):
+            # kept, since in fp16/bf16 that round trip moves latents by an ulp (measured: 7% of 8-bit
+            # alphas off by one step in fp16 without it)
+            lat = (torch.cat(lat) * self.scaling_factor / self.scaling_factor).to(self.dtype)
             frame_lat, mask_lat = lat[: b * tp], lat[b * tp:]
         with self.stage("unet"):
             sample = torch.cat([
@@ -368,8 +560,9 @@ class VideoMaMaMatter(MatterBase):
             time_ids = self._time_ids.expand(b, -1)
             pred = self.unet(sample, self._timestep, encoder_hidden_states=states,
                              added_time_ids=time_ids, return_dict=False)[0]
-            z = (pred / self.scaling_factor).to(self.vae_dtype)              # [B,tp,C,lh,lw]
+            z = (pred * (1.0 / self.scaling_factor)).to(self.vae_dtype)      # [B,tp,C,lh,lw], as the release
         with self.stage("decode"):
+            # the release's temporal grouping: num_frames = the chunk (8, then the rest), per segment
             chunk = self.cfg.decode_chunk if self.cfg.decode_chunk > 0 else tp
             rgb = []
             for s in range(0, tp, chunk):
@@ -379,19 +572,30 @@ class VideoMaMaMatter(MatterBase):
                 if self.cfg.channels_last:
                     zc = zc.contiguous(memory_format=torch.channels_last)
                 img = self.vae.decode(zc, num_frames=n, return_dict=False)[0]   # [B*n,3,h,w]
-                a = (img.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
+                if self.cfg.alpha_precision == "fp32":
+                    img = img.float()
+                a = (img / 2 + 0.5).clamp(0, 1).mean(dim=1)   # "vae": in the VAE's dtype, as the release
                 rgb.append(a.reshape(b, n, h, w))
-            alpha = torch.cat(rgb, dim=1)                                   # [B,tp,h,w] float32
+            alpha = torch.cat(rgb, dim=1)                                   # [B,tp,h,w]
         with self.stage("postprocess"):
             out = []
             for (frames, _), a in zip(clips, alpha):
                 t, hh, ww = frames.shape[:3]
                 a = a[:t]
+                if self.cfg.resample == "pil":
+                    # the release demo: 8-bit at model size, then PIL bilinear to the source size
+                    u = pil_resize(self._to_uint8(a).cpu().numpy(), hh, ww)
+                    out.append(torch.from_numpy(u) if as_uint8 else torch.from_numpy(u).float() / 255.0)
+                    continue
                 if (hh, ww) != (h, w):
                     down = hh < h or ww < w
-                    a = F.interpolate(a[:, None], size=(hh, ww), mode="bilinear", align_corners=False,
+                    a = F.interpolate(a[:, None].float(), size=(hh, ww), mode="bilinear", align_corners=False,
                                       antialias=down)[:, 0].clamp(0, 1)
-                if as_uint8:
-                    a = (a * 255.0).round().to(torch.uint8)
-                out.append(a.cpu() if as_uint8 else a.float().cpu())
+                out.append(self._to_uint8(a).cpu() if as_uint8 else a.float().cpu())
         return out
+
+    def _to_uint8(self, a: torch.Tensor) -> torch.Tensor:
+        """alpha in [0,1] -> uint8 by ``alpha_8bit``: round (ours) or truncate (the release's ToPILImage),
+        the x255 in ``a``'s dtype (fp16 under ``alpha_precision="vae"`` with an fp16 VAE, as the release)."""
+        a = a * 255.0
+        return (a.round() if self.cfg.alpha_8bit == "round" else a).to(torch.uint8)   # .to truncates

@@ -14,6 +14,7 @@ from pathlib import Path
 from mava import schema
 from models.base import MatterConfig, available_matters
 from mava.manifest import SplitDir
+from models.presets import MATTER_PRESETS, describe_preset, preset_config
 from pipeline.executor import ResourceConfig
 from pipeline.job import JobConfig, JobError, JobResult, run_job
 from pipeline.plan import parse_shard_spec
@@ -116,18 +117,49 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", default=None, help="VideoMaMa checkpoint folder (holds unet/)")
     m.add_argument("--base-model", default=None, help="Stable Video Diffusion base folder (holds vae/)")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    m.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="model dtype; auto = bf16 on GPU, fp32 on CPU")
-    m.add_argument("--long-side", type=_long_side, default=1024, help="model resolution: long side in pixels (x64)")
+    m.add_argument("--preset", choices=sorted(MATTER_PRESETS), default="default",
+                   help="videomama option set. 'release' reproduces the official VideoMaMa inference CLI "
+                        f"({describe_preset('release')}): clips stretched to 1024x576 with PIL, mask "
+                        "re-thresholded at 127, fp16 UNet and VAE, alpha truncated to 8 bits. 'default': aspect "
+                        "kept, soft masks, bf16 on GPU, rounding. Flags given explicitly override the preset; "
+                        "see README 'Release parity'")
+    # The flags below default to the preset's value (argparse.SUPPRESS: absent unless given explicitly).
+    m.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default=argparse.SUPPRESS,
+                   help="UNet dtype; auto = bf16 on GPU, fp32 on CPU " + _preset_note("dtype"))
+    m.add_argument("--vae-dtype", choices=["auto", "fp32", "bf16", "fp16"], default=argparse.SUPPRESS,
+                   help="VAE dtype; auto = --dtype, but fp32 when that is fp16 and the VAE asks for upcasting "
+                        + _preset_note("vae_dtype"))
+    m.add_argument("--long-side", type=_long_side, default=argparse.SUPPRESS,
+                   help="model resolution: long side in pixels (x64) " + _preset_note("long_side"))
+    m.add_argument("--resize", choices=["keep-aspect", "stretch"], default=argparse.SUPPRESS,
+                   help="keep-aspect: long side --long-side, sides snapped to 64; stretch: every clip to "
+                        "--long-side x --long-side*9/16 (the release CLI's 1024x576), aspect not kept "
+                        + _preset_note("resize"))
+    m.add_argument("--resample", choices=["torch", "pil"], default=argparse.SUPPRESS,
+                   help="torch: float bilinear (antialiased) on the model's device; pil: PIL bilinear on uint8 on "
+                        "the host, mattes 8-bit at model size then PIL back to the source size (the release) "
+                        + _preset_note("resample"))
+    m.add_argument("--mask-threshold", type=_mask_threshold, default=argparse.SUPPRESS, metavar="{none,0..254}",
+                   help="binarise the resized mask (0..255 scale, > N is foreground) as the release CLI does at "
+                        "127, or 'none' to keep it soft as its demo and training " + _preset_note("mask_threshold"))
+    m.add_argument("--alpha-8bit", choices=["round", "truncate"], default=argparse.SUPPRESS,
+                   help="alpha to 8 bits: round, or truncate as the release " + _preset_note("alpha_8bit"))
+    m.add_argument("--alpha-precision", choices=["fp32", "vae"], default=argparse.SUPPRESS,
+                   help="dtype of the alpha map after decoding (x/2+0.5, clamp, RGB mean, x255): fp32, or the VAE's "
+                        "dtype as the release (fp16 there) " + _preset_note("alpha_precision"))
     m.add_argument("--batch-size", type=positive, default=1, help="segments per forward pass")
     m.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same mattes)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
     m.add_argument("--compile-mode", default="default",
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode (with --compile)")
-    m.add_argument("--decode-chunk", type=positive, default=12, help="VAE decode chunk in frames (memory vs speed)")
-    m.add_argument("--posterior", choices=["sample", "mode"], default="sample",
-                   help="VAE posterior of the condition latents: seeded sample (as released) or mode")
+    m.add_argument("--decode-chunk", type=non_negative, default=argparse.SUPPRESS,
+                   help="VAE decode chunk in frames; the temporal decoder mixes frames only inside a chunk, so "
+                        "this changes the mattes: 8 = the release (8 then 4 for 12 frames); 12 or 0 (whole "
+                        "segment) deviate from it " + _preset_note("decode_chunk"))
+    m.add_argument("--posterior", choices=["sample", "mode"], default=argparse.SUPPRESS,
+                   help="VAE posterior of the condition latents: seeded sample (as released) or mode "
+                        + _preset_note("posterior"))
     m.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning on GPU")
     m.add_argument("--channels-last", action="store_true", help="channels-last memory format for the VAE")
     m.add_argument("--pin-memory", action="store_true", help="pinned host buffers, non-blocking uploads (GPU)")
@@ -151,15 +183,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _preset_note(name: str) -> str:
+    """'(default: X; release: Y)' for a preset-covered flag, from MatterConfig and models.presets."""
+    default = {f.name: f.default for f in dataclasses.fields(MatterConfig)}[name]
+    release = MATTER_PRESETS["release"].get(name, default)
+    default, release = ("none" if v is None else v for v in (default, release))
+    return f"(default: {default}; release: {release})"
+
+
+def _mask_threshold(text: str) -> int | None:
+    """``--mask-threshold`` value: 'none' or an integer 0..254."""
+    if text.lower() == "none":
+        return None
+    value = int(text)
+    if not 0 <= value <= 254:
+        raise argparse.ArgumentTypeError(f"must be 'none' or 0..254, got {value}")
+    return value
+
+
+#: matter flags whose default comes from --preset (their argparse default is SUPPRESS)
+PRESET_FLAGS = ("dtype", "vae_dtype", "long_side", "resize", "resample", "mask_threshold", "alpha_8bit",
+                "alpha_precision", "decode_chunk", "posterior")
+
+
+def matter_config_from_args(args: argparse.Namespace) -> MatterConfig:
+    """MatterConfig from the matter flags: the preset's values, then every flag given explicitly."""
+    explicit = {name: getattr(args, name) for name in PRESET_FLAGS if hasattr(args, name)}
+    return preset_config(getattr(args, "preset", "default"), checkpoint=args.checkpoint, base_model=args.base_model,
+                         device=args.device, seed=args.seed, segment_len=args.segment_len,
+                         batch_size=args.batch_size, compile=args.compile, compile_mode=args.compile_mode,
+                         cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
+                         pin_memory=args.pin_memory, **explicit)
+
+
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> JobConfig:
     if not 1 <= args.segment_len <= schema.MAX_SEGMENT_LEN:
         (parser or build_parser()).error(f"--segment-len must be in 1..{schema.MAX_SEGMENT_LEN}")
-    matter = MatterConfig(checkpoint=args.checkpoint, base_model=args.base_model, device=args.device,
-                          dtype=args.dtype, seed=args.seed, long_side=args.long_side,
-                          segment_len=args.segment_len, batch_size=args.batch_size, compile=args.compile,
-                          compile_mode=args.compile_mode, decode_chunk=args.decode_chunk, posterior=args.posterior,
-                          cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
-                          pin_memory=args.pin_memory)
+    matter = matter_config_from_args(args)
     resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
                                num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
                                read_ahead=args.read_ahead, queue_depth=args.queue_depth,
