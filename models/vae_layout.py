@@ -14,8 +14,12 @@ GroupNorm keeps the layout: aten's CUDA GroupNorm calls ``contiguous()`` (NCHW),
 :mod:`models.groupnorm` reads and writes strided in place (on CPU aten's kernel keeps channels-last).
 No diffusers code is replaced; :class:`CopyCounter` proves the claim op by op (tests, benchmark).
 
-Known remaining copies in diffusers (not on the release path): ``Upsample2D`` makes its input
-contiguous when the batch has >= 64 images or the output has > 2**31 elements.
+Known remaining copies: diffusers' ``Upsample2D`` makes its input contiguous when the batch has >= 64
+images or the output has > 2**31 elements (not at batch <= 4, chunk 8, 1024x576). Degenerate strides:
+a single-frame decode chunk ([B,C,1,H,W]) is ambiguous between formats and aten's GroupNorm/convolution
+make it contiguous (the fused kernel does not; keep chunks >= 2 frames). On CPU only: a batch-1 Conv3d
+runs ``slow_conv3d``, which copies channels_last_3d input (oneDNN, used from batch 2, does not). cuDNN's
+own behaviour is what ``benchmarks.gpu_matter --profile`` shows on a GPU.
 """
 
 from __future__ import annotations
