@@ -192,3 +192,16 @@ def test_swap_in_decodes_and_encodes_like_stock(tiny_vae, impl):
         e_want, e_got = tiny_vae.encode(x).latent_dist, fused.encode(x).latent_dist
         torch.testing.assert_close(e_got.mean, e_want.mean, atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(e_got.std, e_want.std, atol=2e-5, rtol=1e-5)
+
+
+def test_custom_op_is_traceable_without_graph_breaks():
+    """The op torch.compile sees on CUDA: schema, fake (meta) kernel and strides agree with the real one."""
+    x = make_input((2, 32, 3, 5, 6), torch.float32, "perm_cl")
+    w, b = torch.randn(32), torch.randn(32)
+    op = torch.ops.mava_factory.group_norm
+    torch.library.opcheck(op, (x, w, b, 8, 1e-6, True))
+    compiled = torch.compile(lambda t: op(t, w, b, 8, 1e-6, True) * 2, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    assert y.stride() == x.stride()
+    torch.testing.assert_close(y, 2 * torch_ref(x, 8, w, b, 1e-6, True), atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
