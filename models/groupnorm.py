@@ -107,6 +107,12 @@ def bcts(x: torch.Tensor) -> tuple[int, int, int, int, tuple[int, int, int, int]
     return x.shape[0], x.shape[1], T, S, (x.stride(0), x.stride(1), st, ss)
 
 
+def addressable(x: torch.Tensor) -> bool:
+    """True when the kernels read ``x`` in place and write an output of the same strides: dense,
+    non-overlapping (``empty_like`` keeps its strides) and foldable to [B, C, T, S]."""
+    return bcts(x) is not None and torch.empty_like(x, device="meta").stride() == x.stride()
+
+
 def _pow2_divisor(n: int, cap: int) -> int:
     """Largest power of two dividing ``n``, at most ``cap``."""
     p = 1
@@ -178,7 +184,7 @@ def reference_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor 
                          bias: torch.Tensor | None, eps: float, silu: bool = False,
                          n_splits: int | None = None) -> torch.Tensor:
     """The kernels' algorithm (split Welford partials, Chan combine, fp32 affine + SiLU) in plain torch."""
-    if bcts(x) is None:
+    if not addressable(x):
         x = x.contiguous()
     plan = make_plan(x, num_groups, n_splits=n_splits)
     mean, var = reference_stats(x, plan)
@@ -195,7 +201,7 @@ def reference_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor 
     if silu:
         y = y * torch.sigmoid(y)
     out = torch.empty_like(x)
-    out.as_strided((B, C, T, S), bcts(out)[4]).copy_(y.to(x.dtype))
+    out.as_strided((B, C, T, S), plan.strides).copy_(y.to(x.dtype))
     return out
 
 
@@ -204,8 +210,8 @@ def reference_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor 
 if HAVE_TRITON:
 
     @triton.jit
-    def _gn_stats_kernel(x_ptr, part_ptr, G, CG, S, rows, chunk, n_splits, bg_stride,
-                         sb, sc, st, ss,
+    def _gn_stats_kernel(x_ptr, part_ptr, G, S, rows, chunk, n_splits, bg_stride,
+                         sb, sc, st, ss, CG: tl.constexpr, ONE_T: tl.constexpr,
                          BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
         pid = tl.program_id(0)
         split = tl.program_id(1)
@@ -224,7 +230,10 @@ if HAVE_TRITON:
         cnt = tl.zeros((BLOCK_L, BLOCK_G, BLOCK_C), dtype=tl.float32)
         for l0 in range(start, end, BLOCK_L):
             l = (l0 + tl.arange(0, BLOCK_L)).to(tl.int64)
-            row_off = (l // S) * st + (l % S) * ss                               # [BL]
+            if ONE_T:                                                            # rows fold: no div/mod
+                row_off = l * ss
+            else:
+                row_off = (l // S) * st + (l % S) * ss                           # [BL]
             m = (l < end)[:, None, None] & cmask[None, :, :]
             x = tl.load(base + row_off[:, None, None] + chan[None, :, :] * sc, mask=m, other=0.0).to(tl.float32)
             cnt_new = cnt + m.to(tl.float32)
@@ -273,8 +282,8 @@ if HAVE_TRITON:
         tl.store(stat_ptr + n_bg + bg, 1.0 / tl.sqrt(var + eps), mask=bmask)
 
     @triton.jit
-    def _gn_apply_kernel(x_ptr, y_ptr, stat_ptr, w_ptr, b_ptr, G, CG, S, rows, chunk, n_bg,
-                         sb, sc, st, ss, yb, yc, yt, ys,
+    def _gn_apply_kernel(x_ptr, y_ptr, stat_ptr, w_ptr, b_ptr, G, S, rows, chunk, n_bg,
+                         sb, sc, st, ss, yb, yc, yt, ys, CG: tl.constexpr, ONE_T: tl.constexpr,
                          SILU: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
                          BLOCK_L: tl.constexpr):
         pid = tl.program_id(0)
@@ -299,14 +308,19 @@ if HAVE_TRITON:
         end = tl.minimum(start + chunk, rows)
         for l0 in range(start, end, BLOCK_L):
             l = (l0 + tl.arange(0, BLOCK_L)).to(tl.int64)
-            t, s = l // S, l % S
+            if ONE_T:
+                x_off = l * ss
+                y_off = l * ys
+            else:
+                t, s = l // S, l % S
+                x_off = t * st + s * ss
+                y_off = t * yt + s * ys
             m = (l < end)[:, None, None] & cmask[None, :, :]
-            x = tl.load(xbase + (t * st + s * ss)[:, None, None] + chan[None, :, :] * sc, mask=m,
-                        other=0.0).to(tl.float32)
+            x = tl.load(xbase + x_off[:, None, None] + chan[None, :, :] * sc, mask=m, other=0.0).to(tl.float32)
             y = x * scale[None, :, :] + shift[None, :, :]
             if SILU:
                 y = y * tl.sigmoid(y)
-            tl.store(ybase + (t * yt + s * ys)[:, None, None] + chan[None, :, :] * yc,
+            tl.store(ybase + y_off[:, None, None] + chan[None, :, :] * yc,
                      y.to(y_ptr.dtype.element_ty), mask=m)
 
 
@@ -315,24 +329,24 @@ def triton_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bi
     """The three Triton kernels (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``)."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed")
-    if bcts(x) is None:
-        x = x.contiguous()
+    if not addressable(x):
+        x = x.contiguous()              # rare (sliced views): then y has x's strides exactly
     plan = make_plan(x, num_groups, n_splits=n_splits)
     y = torch.empty_like(x)
-    ystr = bcts(y)[4]
+    assert y.stride() == x.stride()
     bgs = plan.B * plan.G
     part = torch.empty((3, bgs, plan.n_splits), device=x.device, dtype=torch.float32)
     stat = torch.empty((2, bgs), device=x.device, dtype=torch.float32)
     grid = (plan.B * (plan.G // plan.block_g), plan.n_splits)
-    meta = dict(BLOCK_G=plan.block_g, BLOCK_C=plan.block_c, BLOCK_L=plan.block_l)
-    _gn_stats_kernel[grid](x, part, plan.G, plan.cg, plan.S, plan.rows, plan.chunk, plan.n_splits,
+    meta = dict(CG=plan.cg, ONE_T=plan.T == 1, BLOCK_G=plan.block_g, BLOCK_C=plan.block_c, BLOCK_L=plan.block_l)
+    _gn_stats_kernel[grid](x, part, plan.G, plan.S, plan.rows, plan.chunk, plan.n_splits,
                            bgs * plan.n_splits, *plan.strides, **meta)
     block_s = min(1024, triton_next_pow2(plan.n_splits))
     block_bg = min(triton_next_pow2(bgs), max(1, 4096 // block_s), 64)
     _gn_finalize_kernel[(triton.cdiv(bgs, block_bg),)](part, stat, plan.n_splits, bgs * plan.n_splits, bgs,
                                                        float(eps), BLOCK_BG=block_bg, BLOCK_S=block_s)
-    _gn_apply_kernel[grid](x, y, stat, weight, bias, plan.G, plan.cg, plan.S, plan.rows, plan.chunk, bgs,
-                           *plan.strides, *ystr, SILU=bool(silu), **meta)
+    _gn_apply_kernel[grid](x, y, stat, weight, bias, plan.G, plan.S, plan.rows, plan.chunk, bgs,
+                           *plan.strides, *plan.strides, SILU=bool(silu), **meta)
     return y
 
 
@@ -350,7 +364,7 @@ def _group_norm_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nu
 
 @_group_norm_op.register_fake
 def _(x, weight, bias, num_groups, eps, silu):
-    return torch.empty_like(x if bcts(x) is not None else x.contiguous())
+    return torch.empty_like(x if addressable(x) else x.contiguous())
 
 
 def torch_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,

@@ -31,6 +31,8 @@ def make_input(shape, dtype, layout: str, seed: int = 0) -> torch.Tensor:
         if layout == "perm_cl":
             x = x.contiguous(memory_format=torch.channels_last)
         x = x.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+    elif layout == "sliced":
+        x = (torch.randn(*shape[:-1], 2 * shape[-1], generator=g) * 3 + 2)[..., ::2]
     else:
         x = torch.randn(shape, generator=g) * 3 + 2
         if layout == "cl":
@@ -52,6 +54,7 @@ CASES = [  # (shape, groups, layout, n_splits): small, the interpreter runs prog
     ((2, 32, 3, 5, 6), 8, "perm_cl", 3),
     ((1, 24, 5, 7), 8, "contiguous", 3),      # 3 channels per group: padded tile
     ((2, 16, 50), 4, "contiguous", 7),        # the attention's [B, C, HW]
+    ((2, 16, 3, 5), 4, "sliced", 2),          # not dense: computed on a contiguous copy
 ]
 
 
@@ -64,7 +67,7 @@ def test_reference_split_reduction_matches_group_norm(shape, groups, layout, n_s
     for silu in (False, True):
         want = torch_ref(x, groups, w, b, 1e-6, silu)
         got = gn.reference_group_norm(x, groups, w, b, 1e-6, silu, n_splits=n_splits)
-        assert got.dtype == dtype and got.stride() == x.stride()
+        assert got.dtype == dtype and (got.stride() == x.stride() or layout == "sliced")
         if dtype == torch.float32:
             torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
         else:  # one bf16 rounding of the output
@@ -111,7 +114,8 @@ for shape, groups, layout, n_splits in CASES:
         want = torch_ref(x, groups, w, b, 1e-6, silu)
         ref = gn.reference_group_norm(x, groups, w, b, 1e-6, silu, n_splits=n_splits)
         ulp = want.abs().clamp(min=2.0 ** -6) * 2.0 ** -7
-        out.append({"case": [list(shape), layout, str(dtype)], "strides_kept": y.stride() == x.stride(),
+        out.append({"case": [list(shape), layout, str(dtype)],
+                    "strides_kept": y.stride() == x.stride() or layout == "sliced",
                     "err": (y.float() - want).abs().max().item(),
                     "err_ulps": ((y.float() - ref.float()).abs() / ulp).max().item()})
 print(json.dumps(out))
