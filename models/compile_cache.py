@@ -288,13 +288,16 @@ class CompileCache:
 
 
 def compile_parts(unet: nn.Module, vae: nn.Module, *, parts: str, mode: str = "default", backend: str = "inductor",
-                  static: bool = False, n_shapes: int = 0, cache: str = "", device: torch.device | None = None
+                  n_shapes: int = 0, cache: str = "", device: torch.device | None = None
                   ) -> tuple[nn.Module, CompileTracker]:
     """``torch.compile`` the named parts (``unet``, ``encoder``, ``decoder``), each wrapped in a
     :class:`TrackedPart`; returns (unet, tracker) (the VAE's parts are replaced in place).
 
-    ``static``: ``dynamic=False`` (one specialised graph per shape: what buckets are for) with the
-    recompile limit raised to ``n_shapes``; ``cache``: a :class:`CompileCache` location, loaded now.
+    Always ``dynamic=False``: one specialised graph per input shape (what shape buckets bound), never
+    dynamo's automatic dynamic shapes (slower kernels, no CUDA graphs, and with channels-last views the
+    symbolic trace of the temporal decoder's second chunk size ran for over 30 minutes on torch 2.13).
+    The recompile limit is raised to cover ``n_shapes`` shapes per part (at least 16).
+    ``cache``: a :class:`CompileCache` location, loaded now.
     """
     names = {p.strip() for p in parts.split(",") if p.strip()}
     unknown = names - set(COMPILE_PARTS)
@@ -309,14 +312,13 @@ def compile_parts(unet: nn.Module, vae: nn.Module, *, parts: str, mode: str = "d
         if backend != "inductor":
             raise ValueError(f"compile_mode {mode!r} needs the inductor backend, not {backend!r}")
         kw["mode"] = mode
-    if static:
-        kw["dynamic"] = False
-        limit = max(8, 2 * n_shapes + 4)
-        cfg = torch._dynamo.config
-        if getattr(cfg, "recompile_limit", 0) < limit:
-            cfg.recompile_limit = limit
-        if getattr(cfg, "accumulated_recompile_limit", 0) < 4 * limit:
-            cfg.accumulated_recompile_limit = 4 * limit
+    kw["dynamic"] = False
+    limit = max(16, 2 * n_shapes + 4)
+    cfg = torch._dynamo.config
+    if getattr(cfg, "recompile_limit", 0) < limit:
+        cfg.recompile_limit = limit
+    if getattr(cfg, "accumulated_recompile_limit", 0) < 4 * limit:
+        cfg.accumulated_recompile_limit = 4 * limit
     if "unet" in names:
         unet = TrackedPart(torch.compile(unet, **kw), "unet", tracker)
     if "encoder" in names:

@@ -456,6 +456,7 @@ def fuse_group_norms(model: nn.Module, impl: str = "auto") -> dict[str, int]:
             if isinstance(mod.group_norm, nn.GroupNorm):
                 mod.group_norm = FusedGroupNorm(mod.group_norm, False, impl)
                 counts["attention"] += 1
-    log.info("fused GroupNorm swapped in: %s (kernels: %s)", counts,
-             "triton" if HAVE_TRITON and impl != "torch" else "torch")
+    how = {"auto": "Triton kernels on CUDA tensors, torch elsewhere" if HAVE_TRITON else "torch (no Triton)",
+           "triton": "Triton kernels", "torch": "torch", "reference": "torch reference of the split reduction"}
+    log.info("fused GroupNorm swapped in: %s (%s)", counts, how.get(impl, impl))
     return counts

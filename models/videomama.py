@@ -223,7 +223,7 @@ class VideoMaMaMatter(MatterBase):
         if cfg.compile:
             self.unet, self.compiler = compile_parts(
                 self.unet, self.vae, parts=cfg.compile_parts, mode=cfg.compile_mode, backend=cfg.compile_backend,
-                static=bool(self.buckets), n_shapes=2 * len(self.buckets), cache=cfg.compile_cache, device=device)
+                n_shapes=2 * len(self.buckets), cache=cfg.compile_cache, device=device)
         self._time_ids = torch.tensor(ADDED_TIME_IDS, device=device, dtype=dtype)
         self._timestep = torch.tensor([TIMESTEP], device=device, dtype=torch.float32)
 

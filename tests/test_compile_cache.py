@@ -151,3 +151,16 @@ def test_compiled_artefacts_are_reused_by_a_second_instance(tmp_path, monkeypatc
     np.testing.assert_array_equal(first, restarted)
     np.testing.assert_array_equal(first, other)
     torch._dynamo.reset()
+
+
+def test_without_buckets_each_shape_compiles_static(tiny):
+    """No automatic dynamic shapes: a second decode chunk size (and a second model size) is one more static
+    graph each (dynamo's symbolic retrace of the channels-last temporal decoder did not finish in 30 min)."""
+    torch._dynamo.reset()
+    m = build_matter("videomama", cfg(tiny, segment_len=3, decode_chunk=2, channels_last=True, compile=True,
+                                      compile_backend="eager", compile_parts="decoder"))
+    m.refine_batch([clip(60, 100, 1, t=3)])                              # decode chunks of 2 then 1 frame
+    m.refine_batch([clip(100, 60, 2, t=3)])                              # another model size
+    dec = m.stats()["compile"]["parts"]["decoder"]
+    assert dec["compiles"] == dec["shapes"] == 4, dec
+    torch._dynamo.reset()
