@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - set up, generate a sample SA-V split, run the MA-V job on it (CPU)"
 	@echo "make test   - set up, run the whole test suite"
 	@echo "make bench  - CPU benchmarks (reader, matters, pipeline, loaders); ratios to same-run baselines"
-	@echo "make bench-gpu - VideoMaMa stage timings (tiny config on CPU; pass ARGS=--full on a GPU)"
+	@echo "make bench-gpu - VideoMaMa stages, GroupNorm kernels, compile counts (tiny config on CPU; ARGS=--full ... on a GPU)"
 	@echo "make gpu-wheels - wheels for benchmarks/gpu_device.sh on the lent GPU machine"
 
 setup: $(STAMP)
@@ -33,10 +33,14 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks.all
 
+# CPU default: the tiny config through every path the GPU run measures (on a GPU: ARGS="--full ...",
+# or benchmarks/gpu_device.sh); torch.compile with the eager backend here (inductor's C++ builds are slow)
+BENCH_GPU_ARGS ?= --batch 2 --pad-batch --fused-group-norm --channels-last --stage-timing --kernels --profile \
+	--compile --eager-first --compile-backend eager --compile-parts decoder --mixed --mixed-long-side 256
 bench-gpu: setup
-	$(PY) -m benchmarks.gpu_matter $(ARGS)
+	$(PY) -m benchmarks.gpu_matter $(if $(ARGS),$(ARGS),$(BENCH_GPU_ARGS))
 
-# wheels the device machine lacks (it has torch, no registry): carry .gpu_wheels, run benchmarks/gpu_device.sh
+# wheels the device machine lacks (it has torch 2.11 + Triton, no registry): carry .gpu_wheels, run benchmarks/gpu_device.sh
 gpu-wheels: setup
 	$(VENV)/bin/pip download --quiet --no-deps -d .gpu_wheels diffusers==0.42.1
 	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \

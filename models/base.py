@@ -53,7 +53,8 @@ class MatterConfig:
                                                   "max-autotune | max-autotune-no-cudagraphs")
     compile_parts: str = runtime_option("unet,encoder,decoder", "which parts --compile wraps (comma list)")
     cudnn_benchmark: bool = runtime_option(False, "torch.backends.cudnn.benchmark on CUDA (cuDNN autotuning)")
-    channels_last: bool = runtime_option(False, "channels-last memory format for the VAE's 2-D convolutions")
+    channels_last: bool = runtime_option(False, "channels-last VAE end to end (Conv2d channels_last, Conv3d "
+                                                "channels_last_3d: the temporal blocks' permutes stay views)")
     pin_memory: bool = runtime_option(False, "pinned host buffers + non_blocking uploads (CUDA only)")
     resize: str = output_option("keep-aspect", "keep-aspect (long side long_side, sides snapped to 64) | "
                                                "stretch (every clip to long_side x long_side*9/16, sides snapped "
@@ -72,6 +73,16 @@ class MatterConfig:
     alpha_precision: str = output_option("fp32", "fp32 | vae: dtype of the alpha map after decoding ((x/2+0.5), "
                                                  "clamp, RGB mean, x255): fp32 (ours) or the VAE's dtype, as the "
                                                  "release (fp16 there)")
+    fused_group_norm: bool = runtime_option(False, "VAE GroupNorm(+SiLU) as split-reduction Triton kernels on CUDA "
+                                                   "(torch elsewhere); keeps channels-last in place")
+    shape_buckets: str = output_option("", "model sizes WxH (multiples of 64, comma list) or 'auto' (16:9, 9:16, "
+                                           "4:3, 3:4, 1:1 at long_side): each clip is stretched to the bucket "
+                                           "nearest its aspect, so compile sees few shapes; '' = aspect kept")
+    pad_batch: bool = runtime_option(False, "pad a smaller last batch to batch_size with repeated segments "
+                                            "(outputs dropped): one batch shape per bucket for compile")
+    compile_backend: str = runtime_option("inductor", "torch.compile backend: inductor | aot_eager | eager")
+    compile_cache: str = runtime_option("", "compiled artefacts shared by actors and restarts: a folder "
+                                            "(inductor cache + artefact blobs) or an fsspec URL (blobs)")
 
 
 def is_classified(f) -> bool:

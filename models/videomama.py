@@ -37,7 +37,10 @@ import torch.nn.functional as F
 
 from models.arch import SVD_BASE_IN_CHANNELS, VIDEOMAMA_IN_CHANNELS
 from models.base import MatterBase, MatterConfig
+from models.compile_cache import bucket_size, compile_parts, format_buckets, pad_indices, parse_buckets
+from models.groupnorm import fuse_group_norms
 from models.presets import differences
+from models.vae_layout import to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -367,23 +370,17 @@ class VideoMaMaMatter(MatterBase):
         cuda = device.type == "cuda"
         if cfg.cudnn_benchmark and cuda:
             torch.backends.cudnn.benchmark = True   # process-wide: the actor owns its GPU
+        if cfg.fused_group_norm:
+            fuse_group_norms(self.vae)
         if cfg.channels_last:
-            for m in self.vae.modules():
-                if isinstance(m, torch.nn.Conv2d):
-                    m.to(memory_format=torch.channels_last)
+            to_channels_last(self.vae)
         self.pin = bool(cfg.pin_memory and cuda)
+        self.buckets = parse_buckets(cfg.shape_buckets, cfg.long_side)
+        self.compiler = None
         if cfg.compile:
-            parts = {p.strip() for p in cfg.compile_parts.split(",") if p.strip()}
-            unknown = parts - {"unet", "encoder", "decoder"}
-            if unknown:
-                raise ValueError(f"compile_parts: unknown parts {sorted(unknown)} (use unet, encoder, decoder)")
-            mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-            if "unet" in parts:
-                self.unet = torch.compile(self.unet, mode=mode)
-            if "encoder" in parts:
-                self.vae.encoder = torch.compile(self.vae.encoder, mode=mode)
-            if "decoder" in parts:
-                self.vae.decoder = torch.compile(self.vae.decoder, mode=mode)
+            self.unet, self.compiler = compile_parts(
+                self.unet, self.vae, parts=cfg.compile_parts, mode=cfg.compile_mode, backend=cfg.compile_backend,
+                n_shapes=2 * len(self.buckets), cache=cfg.compile_cache, device=device)
         self._time_ids = torch.tensor(ADDED_TIME_IDS, device=device, dtype=dtype)
         self._timestep = torch.tensor([TIMESTEP], device=device, dtype=torch.float32)
 
@@ -418,6 +415,9 @@ class VideoMaMaMatter(MatterBase):
             "batch_size": c.batch_size, "decode_chunk": c.decode_chunk, "encode_chunk": c.encode_chunk,
             "compile": c.compile, "compile_mode": c.compile_mode if c.compile else None,
             "cudnn_benchmark": c.cudnn_benchmark, "channels_last": c.channels_last, "pin_memory": c.pin_memory,
+            "fused_group_norm": c.fused_group_norm, "shape_buckets": format_buckets(self.buckets),
+            "pad_batch": c.pad_batch, "compile_backend": c.compile_backend if c.compile else None,
+            "compile_cache": c.compile_cache or None,
             "differs_from_release": self.release_differences(),
         }
 
@@ -438,7 +438,12 @@ class VideoMaMaMatter(MatterBase):
         opts = super().resolved_options()
         opts["dtype"] = dtype_name(self.dtype)
         opts["vae_dtype"] = dtype_name(self.vae_dtype)
+        opts["shape_buckets"] = format_buckets(self.buckets)
         return opts
+
+    def stats(self) -> dict:
+        """Runtime counters: compiles, recompiles, compile seconds and compile-cache hits (when compiled)."""
+        return {"compile": self.compiler.summary() if self.compiler is not None else None}
 
     def weights_hash(self) -> str:
         """sha256 of the files actually loaded, computed once (``random-init`` for in-memory modules)."""
@@ -456,15 +461,18 @@ class VideoMaMaMatter(MatterBase):
         for i, (frames, masks) in enumerate(clips):
             self.check_inputs(frames, masks)
             t, hh, ww = masks.shape
-            groups[(*model_size(hh, ww, self.cfg.long_side, self.cfg.resize), max(t, self.cfg.segment_len))].append(i)
+            size = (bucket_size(hh, ww, self.buckets) if self.buckets
+                    else model_size(hh, ww, self.cfg.long_side, self.cfg.resize))
+            groups[(*size, max(t, self.cfg.segment_len))].append(i)
         out: list[torch.Tensor | None] = [None] * len(clips)
         bs = max(1, self.cfg.batch_size)
         for (h, w, tp), idx in groups.items():
             for s in range(0, len(idx), bs):
                 part = idx[s:s + bs]
+                run = pad_indices(part, bs) if self.cfg.pad_batch else part   # padded copies: dropped
                 seeds = [sample_seed(self.cfg.seed, keys[i] if keys is not None else content_key(clips[i][1]))
-                         for i in part]
-                alphas = self._forward([clips[i] for i in part], seeds, h, w, tp, as_uint8)
+                         for i in run]
+                alphas = self._forward([clips[i] for i in run], seeds, h, w, tp, as_uint8)
                 for i, a in zip(part, alphas):
                     out[i] = a
         return out  # type: ignore[return-value]
