@@ -96,6 +96,11 @@ def output_fields(cls=MatterConfig) -> tuple[str, ...]:
 
 
 class Matter(Protocol):
+    """What the job needs of a matter. Optional, used when present: ``refine_batch_uint8(clips, keys=...)``
+    (uint8 mattes; ``keys`` are the sample keys, e.g. to seed noise per sample), ``prepare_batch(clips,
+    keys)`` + ``refine_prepared(staged)`` (the matter actor stages batch n+1 while batch n runs),
+    ``fingerprint()``, ``describe()``."""
+
     name: str
     deterministic: bool
 

@@ -64,6 +64,15 @@ HOW_TO_GET_WEIGHTS = (
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@dataclass
+class StagedBatch:
+    """A batch whose inputs are already on the device (see ``VideoMaMaMatter.prepare_batch``)."""
+
+    size: int
+    batches: list
+    event: object = None
+
+
 class CheckpointError(RuntimeError):
     """The model folders are missing or hold the wrong model."""
 
@@ -453,8 +462,8 @@ class VideoMaMaMatter(MatterBase):
 
     # ------------------------------------------------------------------------------- internals
 
-    @torch.inference_mode()
-    def _run(self, clips, keys, as_uint8: bool) -> list[torch.Tensor]:
+    def _plan(self, clips, keys) -> list[tuple[list[int], list[int], int, int, int, list[int]]]:
+        """Model batches of ``clips``: (clip indices, indices run incl. padding, h, w, tp, seeds) each."""
         if keys is not None and len(keys) != len(clips):
             raise ValueError(f"{len(keys)} keys for {len(clips)} clips")
         groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
@@ -464,17 +473,54 @@ class VideoMaMaMatter(MatterBase):
             size = (bucket_size(hh, ww, self.buckets) if self.buckets
                     else model_size(hh, ww, self.cfg.long_side, self.cfg.resize))
             groups[(*size, max(t, self.cfg.segment_len))].append(i)
-        out: list[torch.Tensor | None] = [None] * len(clips)
         bs = max(1, self.cfg.batch_size)
+        batches = []
         for (h, w, tp), idx in groups.items():
             for s in range(0, len(idx), bs):
                 part = idx[s:s + bs]
                 run = pad_indices(part, bs) if self.cfg.pad_batch else part   # padded copies: dropped
                 seeds = [sample_seed(self.cfg.seed, keys[i] if keys is not None else content_key(clips[i][1]))
                          for i in run]
-                alphas = self._forward([clips[i] for i in run], seeds, h, w, tp, as_uint8)
-                for i, a in zip(part, alphas):
-                    out[i] = a
+                batches.append((part, run, h, w, tp, seeds))
+        return batches
+
+    @torch.inference_mode()
+    def _run(self, clips, keys, as_uint8: bool) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(clips)
+        for part, run, h, w, tp, seeds in self._plan(clips, keys):
+            batch = [clips[i] for i in run]
+            alphas = self._model(batch, self._preprocess(batch, seeds, h, w, tp), h, w, tp, as_uint8)
+            for i, a in zip(part, alphas):
+                out[i] = a
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def prepare_batch(self, clips: Sequence[tuple[np.ndarray, np.ndarray]],
+                      keys: Sequence[str] | None = None) -> "StagedBatch":
+        """The part of a batch that needs no model: host resizing (``resample="pil"``), uploads, noise.
+
+        The matter actor calls it for batch n+1 while batch n runs on the GPU; on CUDA it runs on a
+        side stream, and :meth:`refine_prepared` makes the model's stream wait for it.
+        """
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            staged = [(part, [clips[i] for i in run], self._preprocess([clips[i] for i in run], seeds, h, w, tp),
+                       h, w, tp) for part, run, h, w, tp, seeds in self._plan(clips, keys)]
+        event = None
+        if stream is not None:
+            event = torch.cuda.Event()
+            event.record(stream)
+        return StagedBatch(len(clips), staged, event)
+
+    @torch.inference_mode()
+    def refine_prepared(self, staged: "StagedBatch") -> list[np.ndarray]:
+        """uint8[T,H,W] mattes of a batch staged by :meth:`prepare_batch` (same as refine_batch_uint8)."""
+        if staged.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(staged.event)
+        out: list[np.ndarray | None] = [None] * staged.size
+        for part, batch, pre, h, w, tp in staged.batches:
+            for i, a in zip(part, self._model(batch, pre, h, w, tp, as_uint8=True)):
+                out[i] = a.numpy()
         return out  # type: ignore[return-value]
 
     def _upload(self, arr: np.ndarray) -> torch.Tensor:
@@ -528,8 +574,8 @@ class VideoMaMaMatter(MatterBase):
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def _forward(self, clips, seeds: list[int], h: int, w: int, tp: int, as_uint8: bool) -> list[torch.Tensor]:
-        b = len(clips)
+    def _preprocess(self, clips, seeds: list[int], h: int, w: int, tp: int) -> dict[str, torch.Tensor]:
+        """Model inputs of one batch on the device: VAE input x (frames then masks), noise, posterior eps."""
         lh, lw = h // self.vae_factor, w // self.vae_factor
         with self.stage("preprocess"):
             prepared = [self._prepare(f, m, h, w, tp) for f, m in clips]
@@ -542,6 +588,13 @@ class VideoMaMaMatter(MatterBase):
             noise = torch.stack([d[0] for d in draws])                     # [B,tp,C,lh,lw]
             eps = torch.cat([torch.stack([d[1] for d in draws]).flatten(0, 1),
                              torch.stack([d[2] for d in draws]).flatten(0, 1)]).to(self.vae_dtype)
+        return {"x": x, "noise": noise, "eps": eps}
+
+    def _model(self, clips, pre: dict[str, torch.Tensor], h: int, w: int, tp: int,
+               as_uint8: bool) -> list[torch.Tensor]:
+        """Encode, UNet, decode and postprocess of a preprocessed batch."""
+        b = len(clips)
+        x, noise, eps = pre["x"], pre["noise"], pre["eps"]
         with self.stage("encode"):
             chunk = self.cfg.encode_chunk if self.cfg.encode_chunk > 0 else x.shape[0]
             lat = []

@@ -85,8 +85,13 @@ class MatterActor:
         """One result per segment (a uint8 matte or a Failure), then a :class:`BatchDone`."""
         clips = [(d.frames, d.masks) for d in datas]
         keys = [d.segment.key for d in datas]
+        staged = None
         prepare = getattr(self.matter, "prepare_batch", None)
-        staged = prepare(clips, keys) if callable(prepare) else None
+        if callable(prepare) and callable(getattr(self.matter, "refine_prepared", None)):
+            try:
+                staged = prepare(clips, keys)
+            except Exception as exc:  # noqa: BLE001 - the model path below meets it again and sorts it
+                log.info("staging a batch failed (%s: %s); running it unstaged", type(exc).__name__, exc)
         with self._lock:
             start = time.perf_counter()
             if self.last_end is not None:

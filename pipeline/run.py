@@ -163,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning on GPU")
     m.add_argument("--channels-last", action="store_true", help="channels-last memory format for the VAE")
     m.add_argument("--pin-memory", action="store_true", help="pinned host buffers, non-blocking uploads (GPU)")
+    m.add_argument("--fused-group-norm", action="store_true",
+                   help="VAE GroupNorm(+SiLU) as split-reduction Triton kernels on CUDA (torch elsewhere); "
+                        "speed only, within float rounding")
+    m.add_argument("--shape-buckets", default="",
+                   help="model sizes WxH (multiples of 64, comma list) or 'auto' (16:9, 9:16, 4:3, 3:4, 1:1 at "
+                        "--long-side): each clip is stretched to the nearest bucket, so --compile sees few shapes. "
+                        "Changes the mattes (fingerprinted); '' keeps each clip's aspect")
+    m.add_argument("--pad-batch", action="store_true",
+                   help="pad a smaller last batch to --batch-size (one compiled batch shape per bucket)")
+    m.add_argument("--compile-backend", choices=["inductor", "aot_eager", "eager"], default="inductor",
+                   help="torch.compile backend (with --compile)")
+    m.add_argument("--compile-cache", default="",
+                   help="folder or fsspec URL shared by every actor and restart for compiled artefacts (with "
+                        "--compile): a restarted actor loads them instead of compiling again")
     r = p.add_argument_group("cluster")
     r.add_argument("--address", default=None,
                    help="Ray address; default: the cluster of `ray job submit`/RAY_ADDRESS, else a new local one")
@@ -213,7 +227,9 @@ def matter_config_from_args(args: argparse.Namespace) -> MatterConfig:
                          device=args.device, seed=args.seed, segment_len=args.segment_len,
                          batch_size=args.batch_size, compile=args.compile, compile_mode=args.compile_mode,
                          cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
-                         pin_memory=args.pin_memory, **explicit)
+                         pin_memory=args.pin_memory, fused_group_norm=args.fused_group_norm,
+                         shape_buckets=args.shape_buckets, pad_batch=args.pad_batch,
+                         compile_backend=args.compile_backend, compile_cache=args.compile_cache, **explicit)
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> JobConfig:

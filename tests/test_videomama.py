@@ -180,3 +180,16 @@ def test_gpu_benchmark_script_runs_production_path_on_cpu(capsys):
         assert text in out, text
     max_diff = float(out.split("alpha |optimised - baseline|: max ")[1].split(",")[0])
     assert max_diff <= 0.5 / 255 + 1e-5  # batching: last-bit noise; uint8: half a step
+
+
+def test_staged_batches_give_the_same_mattes(matter):
+    """prepare_batch (run by the actor ahead of the model) + refine_prepared == refine_batch_uint8."""
+    clips = [clip(11), clip(12, h=50, w=70), clip(13)]
+    keys = ["a_m000_0000", "b_m001_0000", "c_m002_0012"]
+    direct = matter.refine_batch_uint8(clips, keys=keys)
+    staged = matter.refine_prepared(matter.prepare_batch(clips, keys))
+    assert len(staged) == 3
+    for a, b in zip(direct, staged):
+        assert a.dtype == b.dtype == np.uint8 and np.array_equal(a, b)
+    other = matter.refine_batch_uint8(clips, keys=["z_m000_0000", *keys[1:]])
+    assert not np.array_equal(other[0], direct[0])   # the key seeds the noise
