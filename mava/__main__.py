@@ -8,6 +8,7 @@ import logging
 import sys
 
 from mava import degrade, schema
+from mava.schema import Col
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,10 +119,10 @@ def _run(args: argparse.Namespace) -> int:
         res = manifest.query(args.dir, args.sql)
         rows = res.rows[: args.limit] if args.limit is not None else res.rows
         if args.keys:
-            if "key" not in res.columns:
+            if Col.KEY not in res.columns:
                 print("error: --keys needs a query that selects the key column", file=sys.stderr)
                 return 2
-            i = res.columns.index("key")
+            i = res.columns.index(Col.KEY)
             print("\n".join(str(r[i]) for r in rows))
         else:
             print("\t".join(res.columns))

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from mava import degrade, metrics, schema
 from mava.manifest import SplitDir, as_split, ok_rows
-from mava.sample import decode_sample, member_map, parse_member_bytes, read_sample_bytes
+from mava.schema import Col
+from mava.sample import decode_sample
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +124,22 @@ def evaluate(split_dir: str | SplitDir, gt_dir: str, baselines: tuple[str, ...] 
     groot = groot.rstrip("/")
     clips: dict[tuple, list[dict]] = defaultdict(list)
     for r in ok_rows(split):
-        clips[(r["video_id"], r["source"], r["masklet_id"])].append(r)
+        clips[(r[Col.VIDEO_ID], r[Col.SOURCE], r[Col.MASKLET_ID])].append(r)
     methods = ("matte",) + tuple(baselines)
     results, totals = [], {m: Track() for m in methods}
     n_frames = n_missing = 0
     for (vid, source, mid), rows in tqdm(sorted(clips.items()), desc="eval", disable=not progress):
-        rows.sort(key=lambda r: r["start"])
+        rows.sort(key=lambda r: r[Col.START])
         tracks = {m: Track() for m in methods}
         last_ann, prev = None, None  # prev: (ann, {method: pred}, gt) of the previous frame scored
         clip_frames = clip_missing = 0
         for seg_i, r in enumerate(rows):
-            buf = read_sample_bytes(split.fs, split.shard_path(r["shard"]), r["tar_offset"], r["tar_size"])
-            take = [i for i, a in enumerate(r["ann_frames"]) if last_ann is None or a > last_ann]
+            take = [i for i, a in enumerate(r[Col.ANN_FRAMES]) if last_ann is None or a > last_ann]
             if not take:
                 continue
-            s = decode_sample(r["key"], member_map(parse_member_bytes(buf), r["key"]), take, ("alpha", "mask"))
+            s = decode_sample(r[Col.KEY], split.row_members(r), take, ("alpha", "mask"))
             for j, i in enumerate(take):
-                ann = r["ann_frames"][i]
+                ann = r[Col.ANN_FRAMES][i]
                 p = gt_path(vid, mid, ann)
                 full = f"{groot}/{p}"
                 if not gfs.exists(full):
@@ -152,7 +152,7 @@ def evaluate(split_dir: str | SplitDir, gt_dir: str, baselines: tuple[str, ...] 
                     m = s.masks[j] if b == "mask" else degrade.DEGRADATIONS[b](s.masks[j])
                     preds[b] = m.astype(np.float64)
                 if gt.shape != preds["matte"].shape:
-                    raise ValueError(f"GT {p} is {gt.shape}, matte of {r['key']} is {preds['matte'].shape}")
+                    raise ValueError(f"GT {p} is {gt.shape}, matte of {r[Col.KEY]} is {preds['matte'].shape}")
                 for m, pr in preds.items():
                     for k, v in metrics.frame_scores(pr, gt, band_radius).items():
                         tracks[m].frame[k].append(v)
@@ -163,7 +163,7 @@ def evaluate(split_dir: str | SplitDir, gt_dir: str, baselines: tuple[str, ...] 
                         (tracks[m].pairs_boundary if boundary else tracks[m].pairs_inside).append(v)
                 prev = (ann, preds, gt)
                 clip_frames += 1
-            last_ann = r["ann_frames"][take[-1]]
+            last_ann = r[Col.ANN_FRAMES][take[-1]]
         n_frames += clip_frames
         n_missing += clip_missing
         for m in methods:

@@ -32,7 +32,7 @@ from mava import metrics, schema
 from mava.schema import Col
 from mava.eval import gt_path, read_alpha_png
 from mava.manifest import SplitDir, as_split, ok_rows
-from mava.sample import decode_sample, member_map, parse_member_bytes, read_sample_bytes
+from mava.sample import decode_sample
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def load_windows(split_dir: str | SplitDir, video_id: str, masklet_id: int, sour
                        + (f"; sources present: {sources}" if sources else ""))
     out = []
     for r in rows:
-        buf = read_sample_bytes(split.fs, split.shard_path(r[Col.SHARD]), r[Col.TAR_OFFSET], r[Col.TAR_SIZE])
-        s = decode_sample(r[Col.KEY], member_map(parse_member_bytes(buf), r[Col.KEY]), None, ("alpha",),
+        s = decode_sample(r[Col.KEY], split.row_members(r), None, ("alpha",),
                           shard=split.shard_url(r[Col.SHARD]))
         out.append(Window(r[Col.KEY], list(s.meta[Col.ANN_FRAMES]), list(s.meta[Col.VIDEO_FRAMES]), s.alpha))
     return source, out
@@ -294,7 +293,7 @@ def render(report: dict) -> str:
     lines.append(f"  reference: {report['seam_reference']}")
     if "video_24fps" in report:
         v = report["video_24fps"]
-        lines.append(f"  24 fps: {v['frames']} video frames {v['video_frames'][0]}..{v['video_frames'][1]} "
+        lines.append(f"  24 fps: {v['frames']} video frames {v[Col.VIDEO_FRAMES][0]}..{v[Col.VIDEO_FRAMES][1]} "
                      f"({v['upsample']})")
     return "\n".join(lines)
 

@@ -26,9 +26,9 @@ import webdataset as wds
 from webdataset import tariterators
 
 from mava import manifest as mf
+from mava.schema import Col
 from mava.sample import (
-    DECODE_ERRORS, SampleError, decode_sample, member_map, parse_member_bytes, read_meta,
-    read_sample_bytes,
+    DECODE_ERRORS, SampleError, decode_sample, read_meta,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int =
 
     A damaged sample raises :class:`SampleError` naming the key, `shard` and member."""
     rng = clip_rng(cfg.seed, epoch, key)
-    n = int(read_meta(ext_map, key, shard)["num_frames"])
+    n = int(read_meta(ext_map, key, shard)[Col.NUM_FRAMES])
     idx = choose_indices(n, cfg.clip_len, rng)
     s = decode_sample(key, ext_map, idx, cfg.fields, shard=shard)
     shapes = {x.shape[1:3] for x in (s.frames, s.alpha, s.masks) if x is not None}
@@ -144,7 +144,7 @@ def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int =
         t["mask"] = t["mask"].float()
     if "frames" in t and cfg.float_frames:
         t["frames"] = t["frames"].float() / 255.0
-    return {"key": key, "video_id": s.meta["video_id"], "masklet_id": int(s.meta["masklet_id"]),
+    return {"key": key, "video_id": s.meta[Col.VIDEO_ID], "masklet_id": int(s.meta[Col.MASKLET_ID]),
             "indices": torch.tensor(idx, dtype=torch.long), **t}
 
 
@@ -363,9 +363,9 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
             q = set(mf.query_keys(self.split, query))
             keys = q if keys is None else keys & q
         done = self.split.done_shards()  # only complete shards
-        self.rows = [{k: r[k] for k in ("key", "shard", "tar_offset", "tar_size", "num_frames")}
-                     for r in mf.ok_rows(self.split, keys) if r["shard"] in done]
-        self.index = {r["key"]: i for i, r in enumerate(self.rows)}
+        self.rows = [{k: r[k] for k in (Col.KEY, Col.SHARD, Col.TAR_OFFSET, Col.TAR_SIZE, Col.NUM_FRAMES)}
+                     for r in mf.ok_rows(self.split, keys) if r[Col.SHARD] in done]
+        self.index = {r[Col.KEY]: i for i, r in enumerate(self.rows)}
         self.epoch = epoch
         self.bytes_read = 0
 
@@ -375,22 +375,22 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
     def raw(self, i: int) -> dict[str, bytes]:
         """Members (ext -> bytes) of item i; a byte range that does not parse is a SampleError."""
         r = self.rows[i]
-        path = self.split.shard_path(r["shard"])
-        if r["tar_offset"] is None or r["tar_size"] is None:
-            raise SampleError(r["key"], self.split.shard_url(r["shard"]), None, "manifest row has no byte range")
+        if r[Col.TAR_OFFSET] is None or r[Col.TAR_SIZE] is None:
+            raise SampleError(r[Col.KEY], self.split.shard_url(r[Col.SHARD]), None, "manifest row has no byte range")
         try:
-            buf = read_sample_bytes(self.split.fs, path, r["tar_offset"], r["tar_size"])
-            self.bytes_read += len(buf)
-            return member_map(parse_member_bytes(buf), r["key"])
+            members = self.split.row_members(r)
+            self.bytes_read += r[Col.TAR_SIZE]
+            return members
         except SampleError:
             raise
         except (*DECODE_ERRORS, tarfile.TarError, EOFError) as exn:  # incl. SampleFormatError, short reads
-            raise SampleError(r["key"], self.split.shard_url(r["shard"]), None, f"byte range {r['tar_offset']}+{r['tar_size']} does not "
-                              f"read: {type(exn).__name__}: {exn}") from exn
+            raise SampleError(r[Col.KEY], self.split.shard_url(r[Col.SHARD]), None,
+                              f"byte range {r[Col.TAR_OFFSET]}+{r[Col.TAR_SIZE]} does not read: "
+                              f"{type(exn).__name__}: {exn}") from exn
 
     def _get(self, i: int) -> dict:
         r = self.rows[i]
-        return make_clip(r["key"], self.raw(i), self.cfg, self.epoch, shard=self.split.shard_url(r["shard"]))
+        return make_clip(r[Col.KEY], self.raw(i), self.cfg, self.epoch, shard=self.split.shard_url(r[Col.SHARD]))
 
     def __getitem__(self, i: int) -> dict:
         for k in range(len(self.rows)):
@@ -457,7 +457,7 @@ def sam2_collate(items: list[dict]) -> Sam2Batch:
         alpha=alpha[:, :, 0] if alpha is not None else None,
         masks=mask[:, :, 0].bool() if mask is not None else None,
         obj_to_frame_idx=o2f,
-        object_ids=torch.tensor([it["masklet_id"] for it in items], dtype=torch.long),
-        keys=[it["key"] for it in items],
-        video_ids=[it["video_id"] for it in items],
+        object_ids=torch.tensor([it[Col.MASKLET_ID] for it in items], dtype=torch.long),
+        keys=[it[Col.KEY] for it in items],
+        video_ids=[it[Col.VIDEO_ID] for it in items],
     )

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mava import schema
+from mava.sample import member_map, parse_member_bytes, read_sample_bytes
+from mava.schema import Col
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,15 @@ class SplitDir:
     def shard_url(self, shard: str) -> str:
         """Full URL (with protocol) of a shard tar, for readers that open URLs themselves."""
         return self.fs.unstrip_protocol(self.shard_path(shard))
+
+    def sample_members(self, key: str, shard: str, offset: int, size: int) -> dict[str, bytes]:
+        """Members (ext -> bytes) of one sample, read with one ranged read at its manifest byte range."""
+        buf = read_sample_bytes(self.fs, self.shard_path(shard), offset, size)
+        return member_map(parse_member_bytes(buf), key)
+
+    def row_members(self, row: dict) -> dict[str, bytes]:
+        """:meth:`sample_members` of an ok manifest row."""
+        return self.sample_members(row[Col.KEY], row[Col.SHARD], row[Col.TAR_OFFSET], row[Col.TAR_SIZE])
 
     def manifest_files(self) -> list[str]:
         return self.glob(schema.MANIFEST_GLOB)
@@ -256,15 +267,15 @@ def query(d: str | SplitDir, sql: str) -> QueryResult:
 def query_keys(d: str | SplitDir, sql: str) -> list[str]:
     """Keys selected by a query; the query must return a ``key`` column."""
     res = query(d, sql)
-    if "key" not in res.columns:
+    if Col.KEY not in res.columns:
         raise ValueError("the query must select the 'key' column")
-    i = res.columns.index("key")
+    i = res.columns.index(Col.KEY)
     return [r[i] for r in res.rows]
 
 
 def ok_rows(d: str | SplitDir, keys: set[str] | None = None) -> list[dict]:
     """Manifest rows with status ok (optionally only `keys`), as dicts, in shard then key order."""
-    rows = [r for r in as_split(d).read_manifest().to_pylist() if r["status"] == schema.STATUS_OK]
+    rows = [r for r in as_split(d).read_manifest().to_pylist() if r[Col.STATUS] == schema.STATUS_OK]
     if keys is not None:
-        rows = [r for r in rows if r["key"] in keys]
-    return sorted(rows, key=lambda r: (r["shard"], r["key"]))
+        rows = [r for r in rows if r[Col.KEY] in keys]
+    return sorted(rows, key=lambda r: (r[Col.SHARD], r[Col.KEY]))

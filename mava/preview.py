@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mava import schema
 from mava.manifest import SplitDir, as_split
-from mava.sample import Sample, decode_sample, member_map, parse_member_bytes, read_sample_bytes
+from mava.sample import Sample, decode_sample, has_frames
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ def load_sample(split_dir: str | SplitDir, key: str) -> Sample:
     shard, off, size, status, error = rows[0]
     if status != schema.STATUS_OK:
         raise ValueError(f"sample {key} failed: {error}")
-    members = member_map(parse_member_bytes(read_sample_bytes(split.fs, split.shard_path(shard), off, size)), key)
-    fields = ("frames", "alpha", "mask") if schema.frame_ext(0) in members else ("alpha", "mask")
+    members = split.sample_members(key, shard, off, size)
+    fields = ("frames", "alpha", "mask") if has_frames(members) else ("alpha", "mask")
     return decode_sample(key, members, None, fields)
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mava import schema
+from mava.schema import Col
 
 
 class SampleFormatError(ValueError):
@@ -147,7 +148,7 @@ class Sample:
 
     @property
     def num_frames(self) -> int:
-        return int(self.meta["num_frames"])
+        return int(self.meta[Col.NUM_FRAMES])
 
 
 def has_frames(ext_map: dict[str, bytes]) -> bool:
@@ -156,9 +157,9 @@ def has_frames(ext_map: dict[str, bytes]) -> bool:
 
 def _meta(data: bytes) -> dict:
     meta = json.loads(data)
-    if not isinstance(meta, dict) or "num_frames" not in meta:
+    if not isinstance(meta, dict) or Col.NUM_FRAMES not in meta:
         raise ValueError("not a sample metadata object (no num_frames)")
-    int(meta["num_frames"])
+    int(meta[Col.NUM_FRAMES])
     return meta
 
 
@@ -173,7 +174,7 @@ def decode_sample(key: str, ext_map: dict[str, bytes], indices: list[int] | None
 
     A damaged or missing member raises :class:`SampleError` naming the key, `shard` and member."""
     meta = read_meta(ext_map, key, shard)
-    n = int(meta["num_frames"])
+    n = int(meta[Col.NUM_FRAMES])
     idx = list(range(n)) if indices is None else [int(i) for i in indices]
     if any(i < 0 or i >= n for i in idx):
         raise IndexError(f"{key}: frame positions {idx} outside 0..{n - 1}")

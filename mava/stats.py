@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mava import schema
+from mava.schema import Col
 from mava.manifest import SplitDir, UnreadableFile, as_split, read_json_file
 
 QUALITY_COLUMNS = ("mean_alpha", "semi_fraction", "mask_iou")
@@ -59,18 +60,18 @@ def compute(split_dir: str | SplitDir) -> SplitStats:
     table, bad_manifests = split.read_manifest_checked()
     t = table.to_pydict()
     done, planned, bad = _markers_and_plan(split)
-    status = t["status"]
+    status = t[Col.STATUS]
     ok = [i for i, s in enumerate(status) if s == schema.STATUS_OK]
     failed = [i for i, s in enumerate(status) if s != schema.STATUS_OK]
     tar_bytes = sum(int(split.fs.size(p)) for p in split.shard_files())
     quality = {c: np.array([t[c][i] for i in ok if t[c][i] is not None], dtype=np.float64) for c in QUALITY_COLUMNS}
     return SplitStats(
-        split=split.split, shards=len(set(t["shard"])), samples=len(status), ok=len(ok), failed=len(failed),
-        failures=dict(Counter(t["error_type"][i] or "unknown" for i in failed).most_common()),
-        videos=len(set(t["video_id"])), frames=int(sum(t["num_frames"][i] or 0 for i in ok)),
-        tar_bytes=tar_bytes, sample_bytes=int(sum(t["tar_size"][i] or 0 for i in ok)),
-        matters=dict(Counter(t["matter"][i] or "none" for i in ok).most_common()),
-        sources=dict(Counter(t["source"][i] or "none" for i in ok).most_common()),
+        split=split.split, shards=len(set(t[Col.SHARD])), samples=len(status), ok=len(ok), failed=len(failed),
+        failures=dict(Counter(t[Col.ERROR_TYPE][i] or "unknown" for i in failed).most_common()),
+        videos=len(set(t[Col.VIDEO_ID])), frames=int(sum(t[Col.NUM_FRAMES][i] or 0 for i in ok)),
+        tar_bytes=tar_bytes, sample_bytes=int(sum(t[Col.TAR_SIZE][i] or 0 for i in ok)),
+        matters=dict(Counter(t[Col.MATTER][i] or "none" for i in ok).most_common()),
+        sources=dict(Counter(t[Col.SOURCE][i] or "none" for i in ok).most_common()),
         quality=quality, done=done, planned=planned, unreadable=[str(e) for e in bad_manifests] + bad)
 
 

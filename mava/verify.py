@@ -14,8 +14,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mava import schema
+from mava.schema import Col
 from mava.manifest import SplitDir, UnreadableFile, as_split, read_json_file, read_parquet_file
-from mava.sample import SampleFormatError, TarEntry, scan_tar
+from mava.sample import SampleFormatError, TarEntry, has_frames, scan_tar
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,14 @@ def _stem(path: str) -> str:
 
 def _check_members(rep: VerifyReport, shard: str, e: TarEntry, row: dict, full: bool) -> None:
     key = e.key
-    t = row["num_frames"] or 0
-    if len(row["ann_frames"] or []) != t or len(row["video_frames"] or []) != t:
-        rep.add("frame-count", shard, key, f"num_frames {t} but {len(row['ann_frames'] or [])} ann_frames, "
-                f"{len(row['video_frames'] or [])} video_frames")
+    t = row[Col.NUM_FRAMES] or 0
+    if len(row[Col.ANN_FRAMES] or []) != t or len(row[Col.VIDEO_FRAMES] or []) != t:
+        rep.add("frame-count", shard, key, f"num_frames {t} but {len(row[Col.ANN_FRAMES] or [])} ann_frames, "
+                f"{len(row[Col.VIDEO_FRAMES] or [])} video_frames")
     want = [schema.META_EXT]
-    has_frames = schema.frame_ext(0) in e.members
+    with_frames = has_frames(e.members)
     for i in range(t):
-        if has_frames:
+        if with_frames:
             want.append(schema.frame_ext(i))
         want.append(schema.alpha_ext(i))
     got = list(e.members)
@@ -100,10 +101,10 @@ def _check_members(rep: VerifyReport, shard: str, e: TarEntry, row: dict, full: 
         extra = [m for m in got if m not in want]
         rep.add("members", shard, key, f"missing {missing}, unexpected {extra}" if missing or extra
                 else "members out of contract order")
-    if row["num_members"] != len(got) or row["tar_offset"] != e.offset or row["tar_size"] != e.size:
-        rep.add("byte-range", shard, key, f"manifest (offset {row['tar_offset']}, size {row['tar_size']}, "
-                f"members {row['num_members']}) vs tar ({e.offset}, {e.size}, {len(got)})")
-    h, w = row["height"], row["width"]
+    if row[Col.NUM_MEMBERS] != len(got) or row[Col.TAR_OFFSET] != e.offset or row[Col.TAR_SIZE] != e.size:
+        rep.add("byte-range", shard, key, f"manifest (offset {row[Col.TAR_OFFSET]}, size {row[Col.TAR_SIZE]}, "
+                f"members {row[Col.NUM_MEMBERS]}) vs tar ({e.offset}, {e.size}, {len(got)})")
+    h, w = row[Col.HEIGHT], row[Col.WIDTH]
     try:
         meta = json.loads(e.members[schema.META_EXT]) if schema.META_EXT in e.members else None
     except ValueError as exn:  # JSONDecodeError, UnicodeDecodeError
@@ -116,7 +117,7 @@ def _check_members(rep: VerifyReport, shard: str, e: TarEntry, row: dict, full: 
         absent = [f for f in schema.META_FIELDS if f not in meta]
         if absent:
             rep.add("json", shard, key, f"metadata lacks {absent}")
-        for f in ("key", "num_frames", "height", "width", "ann_frames", "video_frames"):
+        for f in (Col.KEY, Col.NUM_FRAMES, Col.HEIGHT, Col.WIDTH, Col.ANN_FRAMES, Col.VIDEO_FRAMES):
             col = row[f]
             if f in meta and meta[f] != col:
                 rep.add("json", shard, key, f"metadata {f}={meta[f]!r} but manifest {col!r}")
@@ -196,13 +197,13 @@ def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: 
         rep.add("schema", shard, None, "manifest schema differs from MANIFEST_SCHEMA")
         table = None
     rows = table.to_pylist() if table is not None else []
-    ok = {r["key"]: r for r in rows if r["status"] == schema.STATUS_OK}
-    failed = {r["key"] for r in rows if r["status"] != schema.STATUS_OK}
+    ok = {r[Col.KEY]: r for r in rows if r[Col.STATUS] == schema.STATUS_OK}
+    failed = {r[Col.KEY] for r in rows if r[Col.STATUS] != schema.STATUS_OK}
     rep.ok_rows += len(ok)
     rep.failed_rows += len(failed)
     for r in rows:
-        if r["shard"] != shard:
-            rep.add("manifest", shard, r["key"], f"row says shard {r['shard']}")
+        if r[Col.SHARD] != shard:
+            rep.add("manifest", shard, r[Col.KEY], f"row says shard {r[Col.SHARD]}")
     n_problems = len(rep.problems)
     seen, sha, size = _scan_shard(rep, split, shard, ok if table is not None else None, failed, full)
     unseen = sorted(set(ok) - seen)
@@ -291,8 +292,8 @@ def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False
         verify_shard(rep, split, s, manifests.get(s), marker, full)
     all_keys: dict[str, str] = {}
     table, _ = split.read_manifest_checked()  # unreadable ones were reported per shard above
-    for r in table.select(["key", "shard"]).to_pylist():
-        if r["key"] in all_keys:
-            rep.add("duplicate-key", r["shard"], r["key"], f"key also in {all_keys[r['key']]}")
-        all_keys[r["key"]] = r["shard"]
+    for r in table.select([Col.KEY, Col.SHARD]).to_pylist():
+        if r[Col.KEY] in all_keys:
+            rep.add("duplicate-key", r[Col.SHARD], r[Col.KEY], f"key also in {all_keys[r[Col.KEY]]}")
+        all_keys[r[Col.KEY]] = r[Col.SHARD]
     return rep
