@@ -78,10 +78,14 @@ def test_fetch_from_a_bucket_loads_in_the_matter(tiny, tmp_path):
     assert not list(dest.glob(".partial-*"))  # no temporary folder left
 
     from models.base import MatterConfig
-    from models.videomama import VideoMaMaMatter, weights_sha256
+    import torch
+
+    from models.videomama import VideoMaMaMatter, select_weights, weights_sha256
 
     m = VideoMaMaMatter(MatterConfig(checkpoint=str(dest / CKPT), base_model=str(dest / BASE), device="cpu"))
-    assert m.weights_hash() == weights_sha256([tiny[0] / "unet", tiny[1] / "vae"])
+    originals = [select_weights(tiny[0] / "unet", torch.float32, "unet"),
+                 select_weights(tiny[1] / "vae", torch.float32, "vae")]
+    assert m.weights_hash() == weights_sha256(originals)
 
     again = fetch(dest, src.as_uri())  # a node restart: kept, not fetched again
     assert again.returncode == 0 and f"kept {dest / CKPT / 'unet'}" in again.stdout
