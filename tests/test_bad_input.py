@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -127,13 +126,16 @@ def test_malformed_json(split, cfg):
     _others_read_fine(split, cfg)
 
 
+def _annotation_80x120(d):
+    """Edit an SA-V JSON so that it declares (and its RLEs have) an 80x120 size."""
+    d["video_height"], d["video_width"] = 80.0, 120.0
+    for fr in d["masklet"]:
+        for r in fr:
+            r["size"] = [80, 120]
+
+
 def test_rle_size_mismatch_whole_file(split, cfg):
-    def shrink(d):
-        d["video_height"], d["video_width"] = 80.0, 120.0
-        for fr in d["masklet"]:
-            for r in fr:
-                r["size"] = [80, 120]
-    p = _edit_json(split, BAD, shrink)
+    p = _edit_json(split, BAD, _annotation_80x120)
     with pytest.raises(RleSizeMismatch) as e:
         plan_video(_ref(split), cfg)
     assert e.value.path == str(p) and "80x120 differs from the video size" in e.value.problem
@@ -246,12 +248,7 @@ def test_rotated_video_annotation_fits_neither_orientation(split, cfg):
     the rotation and both sizes it tried."""
     _remux_rotated(_file(split, f"{BAD}.mp4"), 90)
 
-    def shrink(d):
-        d["video_height"], d["video_width"] = 80.0, 120.0
-        for fr in d["masklet"]:
-            for r in fr:
-                r["size"] = [80, 120]
-    p = _edit_json(split, BAD, shrink)
+    p = _edit_json(split, BAD, _annotation_80x120)
     with pytest.raises(RleSizeMismatch) as e:
         plan_video(_ref(split), cfg)
     assert e.value.path == str(p)
