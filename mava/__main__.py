@@ -9,6 +9,7 @@ import sys
 
 from mava import degrade, schema
 from mava.schema import Col
+from mava.export import DEFAULT_CRF
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "late or early) or linear cross-dissolve (ghosts a moving edge)")
     x.add_argument("--gt", metavar="GT_DIR", default=None,
                    help="ground truth in `mava eval`'s layout: the seam is then dtSSD proper")
-    x.add_argument("--crf", type=int, default=10, help="H.264 quality (0 best, 51 worst)")
+    x.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality (0 best, 51 worst; the default keeps 8-bit mattes within a few levels)")
     x.add_argument("--no-png", action="store_true", help="only the MP4(s) and the report")
     return p
 

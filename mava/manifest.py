@@ -34,6 +34,12 @@ class UnreadableFile(ValueError):
         self.path, self.reason = path, reason
 
 
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local filesystem (where fsync and atomic rename exist)."""
+    p = fs.protocol
+    return "file" in ((p,) if isinstance(p, str) else tuple(p))
+
+
 def _reason(exn: BaseException) -> str:
     return f"{type(exn).__name__}: {exn}"
 
@@ -134,12 +140,17 @@ class SplitDir:
                         len(files) - len(keep), [posixpath.basename(p) for p in files if p not in keep][:5])
         return keep
 
-    def run_info(self) -> dict | None:
-        """run.json, or None when there is none; an unreadable one raises :class:`UnreadableFile`."""
-        p = self.path(schema.RUN_JSON)
+    def read_json(self, rel: str) -> dict | None:
+        """A JSON object file of the split (marker, run.json, lease), or None when there is none; an
+        unreadable one raises :class:`UnreadableFile`."""
+        p = self.path(rel)
         if not self.fs.exists(p):
             return None
         return read_json_file(self.fs, p)
+
+    def run_info(self) -> dict | None:
+        """run.json, or None when there is none; an unreadable one raises :class:`UnreadableFile`."""
+        return self.read_json(schema.RUN_JSON)
 
     def read_manifest(self) -> pa.Table:
         """All manifest rows of the split, in shard order, with MANIFEST_SCHEMA.
@@ -183,8 +194,7 @@ class SplitDir:
 
     @property
     def is_local(self) -> bool:
-        p = self.fs.protocol
-        return "file" in ((p,) if isinstance(p, str) else tuple(p))
+        return is_local_fs(self.fs)
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))

@@ -20,7 +20,7 @@ import time
 import uuid
 
 from mava import schema
-from mava.manifest import SplitDir
+from mava.manifest import SplitDir, UnreadableFile
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,10 @@ class Lease:
 
     def read(self) -> dict | None:
         """The lease on disk (None when there is none; {} when it is unreadable)."""
-        if not self.dir.exists(schema.LEASE_JSON):
-            return None
         try:
-            doc = json.loads(self.dir.read_bytes(schema.LEASE_JSON))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return self.dir.read_json(schema.LEASE_JSON)
+        except UnreadableFile:
             return {}
-        return doc if isinstance(doc, dict) else {}
 
     def stale_reason(self, holder: dict) -> str | None:
         """Why ``holder`` no longer holds the output, or None when it is live."""

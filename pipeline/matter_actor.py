@@ -83,13 +83,11 @@ class MatterActor:
 
     def refine(self, *datas: SegmentData) -> tuple:
         """One result per segment (a uint8 matte or a Failure), then a :class:`BatchDone`."""
-        clips = [(d.frames, d.masks) for d in datas]
-        keys = [d.segment.key for d in datas]
         staged = None
         prepare = getattr(self.matter, "prepare_batch", None)
         if callable(prepare) and callable(getattr(self.matter, "refine_prepared", None)):
             try:
-                staged = prepare(clips, keys)
+                staged = prepare([(d.frames, d.masks) for d in datas], [d.segment.key for d in datas])
             except Exception as exc:  # noqa: BLE001 - the model path below meets it again and sorts it
                 log.info("staging a batch failed (%s: %s); running it unstaged", type(exc).__name__, exc)
         with self._lock:

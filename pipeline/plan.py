@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -11,7 +10,7 @@ from typing import Sequence
 import pyarrow.parquet as pq
 
 from mava import schema
-from mava.manifest import SplitDir, as_split
+from mava.manifest import SplitDir, UnreadableFile, as_split
 from mava.schema import Col
 
 log = logging.getLogger(__name__)
@@ -58,19 +57,11 @@ def shard_marker(out: str | SplitDir, split: str, index: int) -> dict | None:
 
     Raises MarkerUnreadable when the marker exists but is not a JSON object.
     """
-    d = as_split(out)
-    rel = schema.shard_done(split, index)
-    if not d.exists(rel):
-        return None
     try:
-        marker = json.loads(d.read_bytes(rel))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MarkerUnreadable(f"done marker {d.path(rel)} is unreadable ({exc}): delete it to redo shard "
+        return as_split(out).read_json(schema.shard_done(split, index))
+    except UnreadableFile as exc:
+        raise MarkerUnreadable(f"done marker {exc.path} is unreadable ({exc.reason}): delete it to redo shard "
                                f"{index}, or rerun with --redo-mismatched") from exc
-    if not isinstance(marker, dict):
-        raise MarkerUnreadable(f"done marker {d.path(rel)} is not a JSON object: delete it to redo shard "
-                               f"{index}, or rerun with --redo-mismatched")
-    return marker
 
 
 def fingerprint_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:

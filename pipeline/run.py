@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mava import schema
 from models.base import MatterConfig, available_matters
-from mava.manifest import SplitDir
+from mava.manifest import SplitDir, UnreadableFile
 from models.presets import MATTER_PRESETS, describe_preset, preset_config
 from pipeline.executor import ResourceConfig
 from pipeline.job import JobConfig, JobError, JobResult, run_job
@@ -265,13 +265,14 @@ def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
     """Write ``<out>/<split>/run.json`` atomically: this run first, earlier runs kept under 'history'."""
     out = SplitDir(cfg.out_split)
     history: list = []
-    if out.exists(schema.RUN_JSON):
-        try:
-            old = json.loads(out.read_bytes(schema.RUN_JSON))
+    try:
+        old = out.run_info()
+    except UnreadableFile as exc:
+        log.warning("the previous %s: starting a new history", exc)
+        history = [{"unreadable_previous_run_json": exc.reason}]
+    else:
+        if old is not None:
             history = old.pop("history", []) + [old]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-            log.warning("the previous %s is unreadable (%s): starting a new history", out.path(schema.RUN_JSON), exc)
-            history = [{"unreadable_previous_run_json": str(exc)}]
     alive = [a["info"]["matter"] for a in result.actors if "matter" in a["info"]]
     matter = alive[0] if alive else {"name": cfg.matter}
     conf = dataclasses.asdict(cfg)

@@ -24,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from mava import schema
+from mava.manifest import is_local_fs
 from mava.sample import decode_rle  # noqa: F401  (the one RLE decoder, re-exported for the reader)
 from pipeline.errors import AnnotationMalformed, AnnotationMissing, RleSizeMismatch, UnsafeId
 
@@ -56,13 +57,7 @@ def url_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def is_local(url: str) -> bool:
-    fs, _ = url_fs(url)
-    return "file" in _protocols(fs)
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    p = fs.protocol
-    return (p,) if isinstance(p, str) else tuple(p)
+    return is_local_fs(url_fs(url)[0])
 
 
 def _ls(url: str) -> list[tuple[str, str]]:
