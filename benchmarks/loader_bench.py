@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from mava import folder
 from mava import manifest as mf
 from mava.loaders import ClipConfig, RandomAccessClips, StreamingClips
 
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="loader_bench_")
         args.dir = generate(Path(tmp.name), args)
-    split = mf.as_split(args.dir)
-    urls = [split.fs.unstrip_protocol(x) for x in split.shard_files()]
+    split = folder.as_split(args.dir)
+    urls = [split.url_of(x) for x in split.shard_files()]
     rows = mf.ok_rows(split)
     print(f"split {args.dir}: {len(urls)} shards, {len(rows)} ok samples, "
           f"{rows[0]['num_frames']} frames of {rows[0]['width']}x{rows[0]['height']} per sample")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(len(probe)):
         payload += sum(len(v) for v in probe.raw(i).values())
     payload /= len(probe)
-    tar_total = sum(split.fs.size(x) for x in split.shard_files())
+    tar_total = sum(split.size(x) for x in split.shard_files())
 
     print(f"plain webdataset (raw bytes)       {raw:8.1f} samples/s")
     print(f"plain webdataset (decode 'pil')    {dec:8.1f} samples/s   (baseline)")

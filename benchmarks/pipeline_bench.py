@@ -21,7 +21,7 @@ from mava import schema
 from pipeline import run, synth
 from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 from pipeline.segments import SegmentData
-from pipeline.writer import encode_sample
+from pipeline.encode import encode_sample
 from models.base import to_uint8
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline import synth
 from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 from pipeline.segments import SegmentData
-from pipeline.writer import encode_sample
+from pipeline.encode import encode_sample
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from mava.manifest import UnreadableFile
+    from mava.folder import UnreadableFile
 
     try:
         return _run(args)

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 import yaml
 from PIL import Image, ImageDraw
 
 from mava import hf, schema, stats
 from mava.schema import Col
-from mava.manifest import SplitDir, UnreadableFile, as_split, ok_rows, read_json_file
+from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
+from mava.manifest import ok_rows
 from mava.preview import BG, ROW_LABELS, TEXT, _font, load_sample, panels
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def provenance(split: SplitDir) -> Provenance:
     opts, fps = [], []
     for p in split.done_files():
         try:
-            m = read_json_file(split.fs, p)
+            m = read_json_file(split, p)
         except UnreadableFile as exn:
             problems.append(str(exn))
             continue
@@ -199,8 +199,8 @@ def _data_path(split: SplitDir, card_path: str | None, data_path: str | None) ->
     """Glob of the shards relative to the card (the repo root on the Hub)."""
     if data_path:
         return data_path
-    if card_path and isinstance(split.fs, LocalFileSystem) and "://" not in card_path:
-        rel = os.path.relpath(split.root, os.path.dirname(os.path.abspath(card_path)))
+    if card_path and split.is_local and "://" not in card_path:
+        rel = os.path.relpath(split.local_path(""), os.path.dirname(os.path.abspath(card_path)))
         return posixpath.normpath(posixpath.join(rel.replace(os.sep, "/"), schema.SHARDS_GLOB))
     return schema.SHARDS_GLOB
 

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mava import degrade, metrics, schema
-from mava.manifest import SplitDir, as_split, ok_rows
+from mava.folder import SplitDir, as_split
+from mava.manifest import ok_rows
 from mava.schema import Col
 from mava.sample import decode_sample
 

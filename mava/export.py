@@ -31,7 +31,8 @@ from PIL import Image
 from mava import metrics, schema
 from mava.schema import Col
 from mava.eval import gt_path, read_alpha_png
-from mava.manifest import SplitDir, as_split, ok_rows
+from mava.folder import SplitDir, as_split
+from mava.manifest import ok_rows
 from mava.sample import decode_sample
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def load_windows(split_dir: str | SplitDir, video_id: str, masklet_id: int, sour
     out = []
     for r in rows:
         s = decode_sample(r[Col.KEY], split.row_members(r), None, ("alpha",),
-                          shard=split.shard_url(r[Col.SHARD]))
+                          shard=split.url_of(schema.shard_file(r[Col.SHARD])))
         out.append(Window(r[Col.KEY], list(s.meta[Col.ANN_FRAMES]), list(s.meta[Col.VIDEO_FRAMES]), s.alpha))
     return source, out
 

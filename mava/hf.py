@@ -17,7 +17,7 @@ import numpy as np
 
 from mava import schema
 from mava.schema import Col
-from mava.manifest import SplitDir, as_split
+from mava.folder import SplitDir, as_split
 
 DEFAULT_MAX_FRAMES = 12
 
@@ -57,7 +57,7 @@ def features(max_frames: int, frames: bool = True):
 def data_files(split_dir: str | SplitDir) -> list[str]:
     """URLs of the split's complete shard tars (those with a done marker)."""
     split = as_split(split_dir)
-    return [split.fs.unstrip_protocol(p) for p in split.complete_shard_files()]
+    return [split.url_of(p) for p in split.complete_shard_files()]
 
 
 def load(split_dir: str | SplitDir, streaming: bool = False, **kwargs: Any):

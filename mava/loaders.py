@@ -26,6 +26,8 @@ import webdataset as wds
 from webdataset import tariterators
 
 from mava import manifest as mf
+from mava import schema
+from mava.folder import SplitDir, as_split
 from mava.schema import Col
 from mava.sample import (
     DECODE_ERRORS, SampleError, decode_sample, read_meta,
@@ -256,18 +258,18 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
     read to its end counts once, and its remaining samples are lost for the epoch.
     """
 
-    def __init__(self, split_dir: str | mf.SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
+    def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
                  epoch: int = 0, on_error: str = "raise"):
         _BadSamples.__init__(self, on_error)
-        self.split = mf.as_split(split_dir)
+        self.split = as_split(split_dir)
         self.cfg = cfg or ClipConfig()
         if query is not None:
             q = set(mf.query_keys(self.split, query))
             keys = q if keys is None else keys & q
         self.keys = keys
         # only complete shards (done marker written): never a tar an interrupted run left behind
-        self.urls = [self.split.fs.unstrip_protocol(p) for p in self.split.complete_shard_files()]
+        self.urls = [self.split.url_of(p) for p in self.split.complete_shard_files()]
         if not self.urls:
             raise FileNotFoundError(f"no shards under {self.split.url}")
         self.shuffle_shards = shuffle_shards
@@ -354,10 +356,10 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
     (summed over workers; ``set_epoch`` logs the finished epoch's count).
     """
 
-    def __init__(self, split_dir: str | mf.SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
+    def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, epoch: int = 0, on_error: str = "raise"):
         _BadSamples.__init__(self, on_error)
-        self.split = mf.as_split(split_dir)
+        self.split = as_split(split_dir)
         self.cfg = cfg or ClipConfig()
         if query is not None:
             q = set(mf.query_keys(self.split, query))
@@ -376,7 +378,7 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
         """Members (ext -> bytes) of item i; a byte range that does not parse is a SampleError."""
         r = self.rows[i]
         if r[Col.TAR_OFFSET] is None or r[Col.TAR_SIZE] is None:
-            raise SampleError(r[Col.KEY], self.split.shard_url(r[Col.SHARD]), None, "manifest row has no byte range")
+            raise SampleError(r[Col.KEY], self.split.url_of(schema.shard_file(r[Col.SHARD])), None, "manifest row has no byte range")
         try:
             members = self.split.row_members(r)
             self.bytes_read += r[Col.TAR_SIZE]
@@ -384,13 +386,13 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
         except SampleError:
             raise
         except (*DECODE_ERRORS, tarfile.TarError, EOFError) as exn:  # incl. SampleFormatError, short reads
-            raise SampleError(r[Col.KEY], self.split.shard_url(r[Col.SHARD]), None,
+            raise SampleError(r[Col.KEY], self.split.url_of(schema.shard_file(r[Col.SHARD])), None,
                               f"byte range {r[Col.TAR_OFFSET]}+{r[Col.TAR_SIZE]} does not read: "
                               f"{type(exn).__name__}: {exn}") from exn
 
     def _get(self, i: int) -> dict:
         r = self.rows[i]
-        return make_clip(r[Col.KEY], self.raw(i), self.cfg, self.epoch, shard=self.split.shard_url(r[Col.SHARD]))
+        return make_clip(r[Col.KEY], self.raw(i), self.cfg, self.epoch, shard=self.split.url_of(schema.shard_file(r[Col.SHARD])))
 
     def __getitem__(self, i: int) -> dict:
         for k in range(len(self.rows)):

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mava import schema
-from mava.manifest import SplitDir, as_split
+from mava import manifest, schema
+from mava.folder import SplitDir, as_split
 from mava.sample import Sample, decode_sample, has_frames
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ ROW_LABELS = ("frame + input mask", "matte composite", "alpha")
 def load_sample(split_dir: str | SplitDir, key: str) -> Sample:
     """Read one sample by key through its manifest byte range (frames when present)."""
     split = as_split(split_dir)
-    con = split.connect()
+    con = manifest.connect(split)
     rows = con.execute("select shard, tar_offset, tar_size, status, error from manifest where key = ?",
                        [key]).fetchall()
     if not rows:

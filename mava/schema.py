@@ -108,17 +108,37 @@ def shard_index(name: str, split: str) -> int | None:
     return int(m["index"]) if m and m["split"] == split else None
 
 
+def shard_file(shard: str) -> str:
+    """Path of the tar of a shard named e.g. ``sav_train-000003``, relative to ``<out>/<split>``."""
+    return f"shards/{shard}.tar"
+
+
+def manifest_file(shard: str) -> str:
+    """Path of a shard's manifest, relative to ``<out>/<split>``."""
+    return f"manifest/{shard}.parquet"
+
+
+def done_file(shard: str) -> str:
+    """Path of a shard's done marker, relative to ``<out>/<split>``."""
+    return f"done/{shard}.json"
+
+
+def file_shard(path: str) -> str:
+    """The shard name of a tar, manifest or marker path (the inverse of the three above)."""
+    return path.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
 def shard_tar(split: str, index: int) -> str:
     """Path of a shard relative to ``<out>/<split>``."""
-    return f"shards/{shard_name(split, index)}.tar"
+    return shard_file(shard_name(split, index))
 
 
 def shard_manifest(split: str, index: int) -> str:
-    return f"manifest/{shard_name(split, index)}.parquet"
+    return manifest_file(shard_name(split, index))
 
 
 def shard_done(split: str, index: int) -> str:
-    return f"done/{shard_name(split, index)}.json"
+    return done_file(shard_name(split, index))
 
 
 RUN_JSON = "run.json"
@@ -212,6 +232,7 @@ RUN_FINGERPRINT = "fingerprint"            # the mattes' identity (name, weights
 RUN_CHECKPOINT_SHA256 = "checkpoint_sha256"
 RUN_CODE_VERSION = "code_version"
 RUN_CONFIG = "config"                      # the job config as run (dataclasses.asdict)
+RUN_SPLIT = "split"                        # run.json config: the split's name (shard names start with it)
 RUN_FINISHED_AT = "finished_at"
 MARKER_OPTIONS_LEGACY = "options"          # content options in done markers written before fingerprints (read only)
 

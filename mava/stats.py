@@ -9,7 +9,7 @@ import numpy as np
 
 from mava import schema
 from mava.schema import Col
-from mava.manifest import SplitDir, UnreadableFile, as_split, read_json_file
+from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
 
 QUALITY_COLUMNS = ("mean_alpha", "semi_fraction", "mask_iou")
 BINS = np.linspace(0.0, 1.0, 11)
@@ -39,7 +39,7 @@ def _markers_and_plan(split: SplitDir) -> tuple[int, int | None, list[str]]:
     done, bad = 0, []
     for p in split.done_files():
         try:
-            read_json_file(split.fs, p)
+            read_json_file(split, p)
             done += 1
         except UnreadableFile as exn:
             bad.append(str(exn))
@@ -63,7 +63,7 @@ def compute(split_dir: str | SplitDir) -> SplitStats:
     status = t[Col.STATUS]
     ok = [i for i, s in enumerate(status) if s == schema.STATUS_OK]
     failed = [i for i, s in enumerate(status) if s != schema.STATUS_OK]
-    tar_bytes = sum(int(split.fs.size(p)) for p in split.shard_files())
+    tar_bytes = sum(int(split.size(p)) for p in split.shard_files())
     quality = {c: np.array([t[c][i] for i in ok if t[c][i] is not None], dtype=np.float64) for c in QUALITY_COLUMNS}
     return SplitStats(
         split=split.split, shards=len(set(t[Col.SHARD])), samples=len(status), ok=len(ok), failed=len(failed),

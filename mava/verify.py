@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from mava import schema
 from mava.schema import Col
-from mava.manifest import SplitDir, UnreadableFile, as_split, read_json_file, read_parquet_file
+from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file, read_parquet_file
 from mava.sample import SampleFormatError, TarEntry, has_frames, scan_tar
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,13 @@ def _scan_shard(rep: VerifyReport, split: SplitDir, shard: str, ok: dict[str, di
                 full: bool) -> tuple[set[str], str | None, int | None]:
     """Walk a shard's tar checking every sample against its ok row (`ok` None: the manifest is unreadable,
     only read the tar); (keys seen, sha256, size), no hash when the tar is missing. An unreadable tar (garbage, 0 bytes, truncated) is a problem, not a crash."""
-    tar_path = split.shard_path(shard)
+    tar_path = schema.shard_file(shard)
     seen: set[str] = set()
-    if not split.fs.exists(tar_path):
+    if not split.exists(tar_path):
         rep.add("missing-shard", shard, None, f"no shard tar {tar_path}")
         return seen, None, None
     prev = None
-    with split.fs.open(tar_path, "rb") as f:
+    with split.open(tar_path, "rb") as f:
         hr = _HashingReader(f)
         try:
             for e in scan_tar(io.BufferedReader(hr, 1 << 20)):
@@ -186,9 +186,9 @@ def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: 
     raw = table = None
     if manifest_path is not None:
         try:
-            with split.fs.open(manifest_path, "rb") as f:
+            with split.open(manifest_path, "rb") as f:
                 raw = f.read()
-            table = read_parquet_file(split.fs, manifest_path)
+            table = read_parquet_file(split, manifest_path)
         except (OSError, UnreadableFile) as exn:
             rep.add("manifest", shard, None, str(exn) if isinstance(exn, UnreadableFile)
                     else f"{manifest_path}: {type(exn).__name__}: {exn}")
@@ -256,9 +256,9 @@ def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False
     markers = {_stem(p): p for p in split.done_files()}
     tars = {_stem(p) for p in split.shard_files()}
     planned = _planned_shards(rep, split)
-    if split.fs.exists(split.path(schema.LEASE_JSON)):  # not a problem by itself: a run may be writing now
+    if split.exists(schema.LEASE_JSON):  # not a problem by itself: a run may be writing now
         try:
-            lease = read_json_file(split.fs, split.path(schema.LEASE_JSON))
+            lease = read_json_file(split, schema.LEASE_JSON)
             who = f"host {lease.get('host')}, pid {lease.get('pid')}, heartbeat {lease.get('heartbeat_at')}"
         except UnreadableFile as exn:
             who = exn.reason
@@ -286,7 +286,7 @@ def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False
         marker = None
         if s in markers:
             try:
-                marker = read_json_file(split.fs, markers[s])
+                marker = read_json_file(split, markers[s])
             except UnreadableFile as exn:
                 rep.add("marker", s, None, str(exn))
         verify_shard(rep, split, s, manifests.get(s), marker, full)

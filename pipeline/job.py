@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from mava import schema
-from mava.manifest import SplitDir
+from mava.folder import SplitDir
 from models.base import MatterConfig, output_fields
 from pipeline import plan as planning
 from pipeline import sav
@@ -22,7 +22,8 @@ from pipeline.executor import Executor, ResourceConfig, ShardTask, Steps, init_r
 from pipeline.lease import Lease, LeaseHeld
 from pipeline.matter_actor import MatterActor
 from pipeline.reader import ReaderConfig, list_videos, read_video
-from pipeline.writer import ShardWriter, encode
+from pipeline.writer import ShardWriter
+from pipeline.encode import encode
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,9 @@ def check_writable(out: SplitDir) -> None:
     """Fail now, not after the matting, when the output folder cannot be written."""
     rel = f".probe-{uuid.uuid4().hex[:8]}"
     try:
-        out.fs.makedirs(out.root, exist_ok=True)
+        out.makedirs("", exist_ok=True)
         out.write_atomic(rel, b"")
-        out.fs.rm(out.path(rel))
+        out.rm(rel)
     except OSError as exc:
         raise JobError(f"cannot write to the output folder {out.url}: {exc}") from exc
 

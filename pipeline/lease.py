@@ -20,7 +20,7 @@ import time
 import uuid
 
 from mava import schema
-from mava.manifest import SplitDir, UnreadableFile
+from mava.folder import SplitDir, UnreadableFile
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Lease:
 
     @property
     def path(self) -> str:
-        return self.dir.path(schema.LEASE_JSON)
+        return self.dir.url_of(schema.LEASE_JSON)
 
     def _record(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
@@ -93,7 +93,7 @@ class Lease:
 
     def acquire(self) -> "Lease":
         """Take the lease or raise LeaseHeld naming the holder; starts the heartbeat."""
-        self.dir.fs.makedirs(self.dir.root, exist_ok=True)
+        self.dir.makedirs("", exist_ok=True)
         holder = self.read()
         if holder is not None:
             why = self.stale_reason(holder)
@@ -107,7 +107,7 @@ class Lease:
             self.dir.write_atomic(schema.LEASE_JSON, json.dumps(self._record()).encode())
         elif self.dir.is_local:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.dir.local_path(schema.LEASE_JSON), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return self.acquire()  # somebody was faster: judge their lease
             with os.fdopen(fd, "wb") as f:
@@ -142,7 +142,7 @@ class Lease:
             self._thread.join(timeout=10)
         try:
             if (self.read() or {}).get("token") == self.token:
-                self.dir.fs.rm(self.path)
+                self.dir.rm(schema.LEASE_JSON)
         except OSError as exc:
             log.warning("could not remove the lease %s: %s", self.path, exc)
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import pyarrow.parquet as pq
 
 from mava import schema
-from mava.manifest import SplitDir, UnreadableFile, as_split
+from mava.folder import SplitDir, UnreadableFile, as_split
 from mava.schema import Col
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class ShardCheck:
 
 def _sha256(d: SplitDir, rel: str) -> str:
     h = hashlib.sha256()
-    with d.fs.open(d.path(rel), "rb") as f:
+    with d.open(rel, "rb") as f:
         for block in iter(lambda: f.read(8 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -134,16 +134,16 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
     tar, man = schema.shard_tar(split, plan.index), schema.shard_manifest(split, plan.index)
     try:
         if not d.exists(tar):
-            return ShardCheck("damaged", f"{d.path(tar)} is missing", marker)
-        if d.fs.size(d.path(tar)) != marker.get(schema.MARKER_TAR_BYTES):
-            return ShardCheck("damaged", f"{d.path(tar)} has {d.fs.size(d.path(tar))} bytes, the marker says "
+            return ShardCheck("damaged", f"{d.url_of(tar)} is missing", marker)
+        if d.size(tar) != marker.get(schema.MARKER_TAR_BYTES):
+            return ShardCheck("damaged", f"{d.url_of(tar)} has {d.size(tar)} bytes, the marker says "
                                          f"{marker.get(schema.MARKER_TAR_BYTES)}", marker)
         if not d.exists(man):
-            return ShardCheck("damaged", f"{d.path(man)} is missing", marker)
+            return ShardCheck("damaged", f"{d.url_of(man)} is missing", marker)
         if hashlib.sha256(d.read_bytes(man)).hexdigest() != marker.get(schema.MARKER_MANIFEST_SHA256):
-            return ShardCheck("damaged", f"{d.path(man)} differs from the marker's sha256", marker)
+            return ShardCheck("damaged", f"{d.url_of(man)} differs from the marker's sha256", marker)
         if verify_tar and _sha256(d, tar) != marker.get(schema.MARKER_TAR_SHA256):
-            return ShardCheck("damaged", f"{d.path(tar)} differs from the marker's sha256", marker)
+            return ShardCheck("damaged", f"{d.url_of(tar)} differs from the marker's sha256", marker)
     except OSError as exc:
         return ShardCheck("damaged", f"cannot read shard {plan.index}: {exc}", marker)
     return ShardCheck("done", "", marker)
@@ -166,7 +166,7 @@ def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
     rel = schema.shard_manifest(split, index)
     if not d.exists(rel):
         return []
-    with d.fs.open(d.path(rel), "rb") as f:
+    with d.open(rel, "rb") as f:
         rows = pq.read_table(f, columns=[Col.STATUS, Col.ERROR_TYPE]).to_pylist()
     return [r[Col.ERROR_TYPE] for r in rows if r[Col.STATUS] != schema.STATUS_OK]
 
@@ -224,5 +224,5 @@ def clean_partials(out: str | SplitDir) -> int:
     d = as_split(out)
     paths = d.temp_files()
     for path in paths:
-        d.fs.rm(path)
+        d.rm(path)
     return len(paths)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mava import schema
 from models.base import MatterConfig, available_matters
-from mava.manifest import SplitDir, UnreadableFile
+from mava.folder import SplitDir, UnreadableFile
 from models.presets import MATTER_PRESETS, describe_preset, preset_config
 from pipeline.executor import ResourceConfig
 from pipeline.job import JobConfig, JobError, JobResult, run_job
@@ -285,7 +285,7 @@ def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
         "summary": result.summary(), "errors": result.errors, "actors": result.actors, "history": history[-20:],
     }
     out.write_atomic(schema.RUN_JSON, json.dumps(doc, indent=1, default=str).encode())
-    return out.path(schema.RUN_JSON)
+    return out.url_of(schema.RUN_JSON)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from mava import schema
-from mava.manifest import is_local_fs
+from mava.folder import is_local_fs
 from mava.sample import decode_rle  # noqa: F401  (the one RLE decoder, re-exported for the reader)
 from pipeline.errors import AnnotationMalformed, AnnotationMissing, RleSizeMismatch, UnsafeId
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mava import card, schema
 from mava import manifest as mf
+from mava.folder import as_split
 from mava.__main__ import main
 
 
@@ -33,7 +34,7 @@ def _table(body: str) -> dict[str, str]:
 
 def test_yaml_header(carded):
     d, head, _ = carded
-    rows = mf.as_split(str(d)).read_manifest().to_pylist()
+    rows = as_split(str(d)).read_manifest().to_pylist()
     ok = [r for r in rows if r["status"] == schema.STATUS_OK]
     assert head["license"] == "cc-by-4.0"
     assert "image-segmentation" in head["task_categories"]
@@ -50,7 +51,7 @@ def test_yaml_header(carded):
 
 def test_numbers_match_the_manifest(carded):
     d, _, body = carded
-    rows = mf.as_split(str(d)).read_manifest().to_pylist()
+    rows = as_split(str(d)).read_manifest().to_pylist()
     ok = [r for r in rows if r["status"] == schema.STATUS_OK]
     t = _table(body)
     assert int(t["samples planned"]) == len(rows)

@@ -174,7 +174,7 @@ def test_cost_counts_what_the_job_wrote(job_output):
     from collections import Counter
 
     from mava import schema
-    from mava.manifest import as_split
+    from mava.folder import as_split
 
     out, _ = job_output
     data_split = out.parent.parent / "data" / out.name

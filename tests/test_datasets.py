@@ -12,16 +12,17 @@ datasets = pytest.importorskip("datasets")
 
 from mava import hf, schema
 from mava import manifest as mf
+from mava.folder import as_split
 from mava.sample import decode_sample, member_map, parse_member_bytes, read_sample_bytes
 
 
 def _expected(d) -> dict[str, tuple]:
     """key -> (alpha uint8[T,H,W], frames uint8[T,H,W,3] or None, meta), decoded by mava itself."""
-    split = mf.as_split(str(d))
+    split = as_split(str(d))
     out = {}
     for r in mf.ok_rows(split):
         members = member_map(parse_member_bytes(read_sample_bytes(
-            split.fs, split.shard_path(r["shard"]), r["tar_offset"], r["tar_size"])), r["key"])
+            split, schema.shard_file(r["shard"]), r["tar_offset"], r["tar_size"])), r["key"])
         fields = ("frames", "alpha") if schema.frame_ext(0) in members else ("alpha",)
         s = decode_sample(r["key"], members, None, fields)
         out[r["key"]] = (s.alpha, s.frames, s.meta)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import decord  # first, as in a reader worker
 import numpy as np
-from pipeline.writer import _png
+from pipeline.encode import _png
 from mava.sample import decode_png_alpha as decode_png
 
 rng = np.random.default_rng(0)

@@ -263,7 +263,8 @@ def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
 
 def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
     from pipeline.reader import read_segments
-    from pipeline.writer import EncodedSample, encode, failure_row
+    from pipeline.encode import EncodedSample, encode
+    from pipeline.writer import failure_row
 
     cfg = ReaderConfig()
     plan = plan_video(list_videos(str(synth_split))[0], cfg)

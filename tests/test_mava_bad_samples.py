@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mava import manifest as mf
+from mava.folder import as_split, read_parquet_file
 from mava import schema
 from mava.__main__ import main
 from mava.loaders import ClipConfig, RandomAccessClips, StreamingClips, sam2_collate
@@ -147,8 +148,8 @@ def test_verify_and_stats_report_unreadable_manifest_and_marker(job_output, tmp_
     assert rc == 1 and "UNREADABLE (2 files" in out
     assert schema.shard_manifest(d.name, 0) in out and schema.shard_done(d.name, 1) in out
     # the rest is summarised: every row of the readable manifests
-    rest = [r for i in (1, 2, 3) for r in mf.read_parquet_file(
-        mf.as_split(str(d)).fs, str(d / schema.shard_manifest(d.name, i))).to_pylist()]
+    rest = [r for i in (1, 2, 3) for r in read_parquet_file(
+        as_split(str(d)), schema.shard_manifest(d.name, i)).to_pylist()]
     ok = sum(r["status"] == "ok" for r in rest)
     assert f"samples: {len(rest)} planned, {ok} ok, {len(rest) - ok} failed" in out
     # other commands name the file in one line

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from mava import manifest as mf
+from mava.folder import as_split
 from mava import schema
 from mava.__main__ import build_parser, main
 from mava.eval import gt_path
@@ -58,7 +59,7 @@ def test_help_lists_every_command():
 
 def test_stats(split, capsys, tmp_path):
     d, _ = split
-    rows = mf.as_split(str(d)).read_manifest().to_pylist()
+    rows = as_split(str(d)).read_manifest().to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     rc, out = run(capsys, "stats", d, "--plot", tmp_path / "s.png")
     assert rc == 0

@@ -27,6 +27,7 @@ pytest.importorskip("moto")
 import fsspec
 
 from mava import manifest as mf
+from mava.folder import as_split
 from mava import schema
 from mava.__main__ import main
 
@@ -166,7 +167,7 @@ def test_verify_and_stats_on_s3(s3_job, capsys):
     assert capsys.readouterr().out.strip().endswith("OK")
     assert main(["stats", split]) == 0
     out = capsys.readouterr().out
-    rows = mf.as_split(split).read_manifest().to_pylist()
+    rows = as_split(split).read_manifest().to_pylist()
     assert f"samples: {len(rows)} planned, {len(rows)} ok, 0 failed" in out
 
 

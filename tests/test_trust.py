@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mava import schema
-from mava.manifest import SplitDir
+from mava.folder import SplitDir
 from models.tiny import make_tiny
 from tests.job_cli import REPO, SPLIT, manifest, planned_keys, run_cli, run_cli_many, tree_bytes
 
@@ -160,7 +160,7 @@ def test_an_empty_run_json_does_not_block_reruns(synth_split, reference, tmp_pat
 
 def test_atomic_file_leaves_the_old_file_when_writing_fails(tmp_path):
     d = SplitDir(str(tmp_path / SPLIT))
-    d.makedirs()
+    d.make_layout()
     d.write_atomic(schema.RUN_JSON, b'{"old": 1}')
     with pytest.raises(OSError, match="disk full"):
         with d.atomic_file(schema.RUN_JSON) as f:

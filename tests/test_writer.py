@@ -18,7 +18,8 @@ from mava import schema
 from pipeline import plan as planning
 from pipeline.segments import Segment, SegmentData
 from pipeline.errors import Failure
-from pipeline.writer import encode_sample, write_shard
+from pipeline.encode import encode_sample
+from pipeline.writer import write_shard
 
 
 def _sample(video: str, masklet: int, start: int, t: int = 3, h: int = 24, w: int = 32, seed: int = 0):

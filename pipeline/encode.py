@@ -1,0 +1,97 @@
+"""The encode step: a matted segment -> its tar members (JSON, frame JPEGs, alpha PNGs) and manifest row.
+
+Runs as a Ray task per segment, beside the matter (CPU). Member names and columns come from
+``mava.schema``; the writer (``pipeline.writer``) puts the encoded samples into shards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from mava import schema
+from mava.schema import Col
+from pipeline.errors import Failure
+from pipeline.segments import Segment, SegmentData
+
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
+
+
+@dataclass
+class EncodedSample:
+    """Tar members of one sample plus its manifest row (without shard/offset columns)."""
+
+    key: str
+    members: list[tuple[str, bytes]] = field(default_factory=list)
+    row: dict = field(default_factory=dict)
+
+
+def _png(alpha_u8: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", alpha_u8, PNG_PARAMS)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _jpg(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), JPEG_PARAMS)
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def segment_columns(seg: Segment) -> dict:
+    """Manifest columns that describe the planned segment."""
+    return {
+        Col.KEY: seg.key, Col.VIDEO_ID: seg.video_id, Col.SOURCE: seg.source, Col.MASKLET_ID: seg.masklet_id,
+        Col.START: seg.start, Col.NUM_FRAMES: seg.length, Col.ANN_FRAMES: seg.ann_frames,
+        Col.VIDEO_FRAMES: seg.video_frames, Col.OVERLAP: seg.overlap,
+    }
+
+
+def quality_columns(alpha_u8: np.ndarray, masks: np.ndarray) -> dict:
+    """Cheap quality signals of a matte against its input mask."""
+    a = alpha_u8.astype(np.float32) / 255.0
+    hard = alpha_u8 > 127
+    union = np.logical_or(hard, masks).sum()
+    inter = np.logical_and(hard, masks).sum()
+    return {
+        Col.MEAN_ALPHA: float(a.mean()),
+        Col.SEMI_FRACTION: float(((a > schema.SEMI_LO) & (a < schema.SEMI_HI)).mean()),
+        Col.MASK_IOU: float(inter / union) if union else 1.0,
+        Col.MASK_AREA: float(masks.mean()),
+    }
+
+
+def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: str = "jpg") -> EncodedSample:
+    """Members (json, frame JPEGs, alpha PNGs) and manifest row of one ok sample."""
+    seg = data.segment
+    t, h, w = data.masks.shape
+    if alpha_u8.shape != (t, h, w) or alpha_u8.dtype != np.uint8:
+        raise ValueError(f"matte {alpha_u8.dtype}{list(alpha_u8.shape)} does not match masks {[t, h, w]}")
+    row = segment_columns(seg) | {Col.HEIGHT: h, Col.WIDTH: w, Col.STATUS: schema.STATUS_OK, Col.MATTER: matter}
+    meta = {name: row[name] for name in schema.META_FIELDS if name in row}
+    meta |= {name: data.meta[name] for name in schema.OPTIONAL_META_FIELDS if name in data.meta}
+    meta["mask_rles"] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
+                          else r["counts"].decode("ascii")} for r in data.rles]
+    members = [(f"{seg.key}.{schema.META_EXT}", json.dumps(meta, sort_keys=True).encode())]
+    for i in range(t):
+        if frames == "jpg":
+            members.append((f"{seg.key}.{schema.frame_ext(i)}", _jpg(data.frames[i])))
+        members.append((f"{seg.key}.{schema.alpha_ext(i)}", _png(alpha_u8[i])))
+    row |= quality_columns(alpha_u8, data.masks)
+    return EncodedSample(seg.key, members, row)
+
+
+def encode(data: SegmentData, alpha: np.ndarray | Failure, matter: str, frames: str) -> EncodedSample | Failure:
+    """The encode step: an encoded ok sample, or the Failure of a matte that failed or does not fit."""
+    if isinstance(alpha, Failure):
+        return alpha
+    try:
+        return encode_sample(data, alpha, matter, frames)
+    except ValueError as exc:  # e.g. a matte whose shape does not match its segment
+        return Failure.of_matter(data.segment, type(exc).__name__, f"matter {matter}: {exc}", matter)
