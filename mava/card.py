@@ -270,7 +270,7 @@ def _counts(s: stats.SplitStats) -> list[str]:
     rows += [("alpha frames (ok samples)", s.frames), ("bytes in shards", s.tar_bytes)]
     out = ["| count | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
     out += ["", "| quality (ok samples) | mean | median | min | max |", "| --- | --- | --- | --- | --- |"]
-    for c in stats.QUALITY_COLUMNS:
+    for c in schema.QUALITY_COLUMNS:
         v = s.quality.get(c, np.array([]))
         if len(v):
             out.append(f"| `{c}` | {v.mean():.3f} | {np.median(v):.3f} | {v.min():.3f} | {v.max():.3f} |")

@@ -285,7 +285,7 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
 
     def _filter(self, data: Iterator[dict]) -> Iterator[dict]:
         for s in data:
-            if self.keys is None or s["__key__"] in self.keys:
+            if self.keys is None or s[schema.WDS_KEY] in self.keys:
                 yield s
 
     def _shuffle(self, data: Iterator[dict]) -> Iterator[dict]:
@@ -305,10 +305,10 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
     def _decode(self, data: Iterator[dict]) -> Iterator[dict]:
         skipped = 0
         for s in data:
-            key = s["__key__"]
+            key = s[schema.WDS_KEY]
             ext_map = {k: v for k, v in s.items() if not k.startswith("__")}
             try:
-                clip = make_clip(key, ext_map, self.cfg, self.epoch, shard=s.get("__url__"))
+                clip = make_clip(key, ext_map, self.cfg, self.epoch, shard=s.get(schema.WDS_URL))
             except SampleError as exn:
                 self._skip(exn, self.epoch)
                 skipped += 1

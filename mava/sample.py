@@ -195,7 +195,7 @@ def decode_sample(key: str, ext_map: dict[str, bytes], indices: list[int] | None
 
 def _mask(key: str, meta: dict, i: int, shard: str | None) -> np.ndarray:
     try:
-        return decode_rle(meta["mask_rles"][i])
+        return decode_rle(meta[schema.META_MASK_RLES][i])
     except DECODE_ERRORS as exn:
         raise SampleError(key, shard, schema.META_EXT, f"mask_rles[{i}]: {type(exn).__name__}: {exn}") from exn
 

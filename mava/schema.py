@@ -82,15 +82,17 @@ def frame_ext(i: int) -> str:
 ALPHA_EXT_RE = re.compile(r"^alpha\.(\d{2})\.png$")
 FRAME_EXT_RE = re.compile(r"^frame\.(\d{2})\.jpg$")
 
+META_MASK_RLES = "mask_rles"   # <key>.json: the input mask of each frame as a COCO RLE {"size", "counts"}
+META_ROTATION = "rotation"                  # clockwise degrees the reader turned the decoded pictures by
+META_DISPLAY_ROTATION = "display_rotation"  # what the container asks players to apply (clockwise degrees)
 # Fields of <key>.json
 META_FIELDS = (
     "key", "video_id", "source", "masklet_id", "start", "num_frames", "ann_frames", "video_frames",
-    "overlap", "height", "width", "matter", "mask_rles",
+    "overlap", "height", "width", "matter", META_MASK_RLES,
 )
-# Fields of <key>.json present only when they apply: ``rotation`` (clockwise degrees the reader turned
-# the decoded pictures by, so frames, masks and alpha are in the annotation's orientation) and
-# ``display_rotation`` (what the container asks players to apply), for rotated videos.
-OPTIONAL_META_FIELDS = ("rotation", "display_rotation")
+# Fields of <key>.json present only when they apply: ``rotation`` (so frames, masks and alpha are in the
+# annotation's orientation) and ``display_rotation``, for rotated videos.
+OPTIONAL_META_FIELDS = (META_ROTATION, META_DISPLAY_ROTATION)
 
 # --- layout ---------------------------------------------------------------------------------------
 
@@ -156,6 +158,14 @@ MARKER_VIDEOS = "videos"    # the video ids the shard was written from, in plan 
 MARKER_FINGERPRINT = "fingerprint"  # the mattes' identity: matter (name, weights sha256, output options) + content options
 SUBDIRS = ("shards", "manifest", "done")  # folders of <out>/<split>/
 LEASE_JSON = "lease.json"   # the lease of the run writing this split (one writer per output)
+# lease.json fields
+LEASE_HOST = "host"
+LEASE_PID = "pid"
+LEASE_TOKEN = "token"               # random per run: whose lease this is
+LEASE_STARTED_AT = "started_at"
+LEASE_HEARTBEAT = "heartbeat"       # unix time of the holder's last refresh
+LEASE_HEARTBEAT_AT = "heartbeat_at"
+LEASE_TIMEOUT_S = "timeout_s"       # the holder's own staleness timeout
 SHARDS_GLOB = "shards/*.tar"
 MANIFEST_GLOB = "manifest/*.parquet"
 DONE_GLOB = "done/*.json"
@@ -223,6 +233,8 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field(Col.NUM_MEMBERS, pa.int32()),
 ])
 MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)
+#: the per-sample quality signals (stats histograms, the dataset card)
+QUALITY_COLUMNS = (Col.MEAN_ALPHA, Col.SEMI_FRACTION, Col.MASK_IOU)
 
 # --- run record and users' formats (added for issue 13 / issue 9's verify; nothing above changed) -------
 
@@ -234,9 +246,25 @@ RUN_CODE_VERSION = "code_version"
 RUN_CONFIG = "config"                      # the job config as run (dataclasses.asdict)
 RUN_SPLIT = "split"                        # run.json config: the split's name (shard names start with it)
 RUN_FINISHED_AT = "finished_at"
+RUN_SUMMARY = "summary"                    # counts, wall time, frames/s, actor utilisation
+RUN_ERRORS = "errors"                      # run-level problems (exit 1)
+RUN_ACTORS = "actors"                      # where each matter actor ran and how busy it was
+RUN_HISTORY = "history"                    # earlier runs' records (newest last, at most RUN_HISTORY_LEN)
+RUN_HISTORY_LEN = 20
 MARKER_OPTIONS_LEGACY = "options"          # content options in done markers written before fingerprints (read only)
 
-#: Hugging Face ``datasets`` webdataset builder: one column per member extension (``alpha.03.png``),
-#: plus these two for the sample key and the shard URL.
-HF_KEY_COLUMN = "__key__"
-HF_URL_COLUMN = "__url__"
+#: WebDataset's sample fields for the key and the shard URL (also the Hugging Face ``datasets``
+#: webdataset builder's columns, beside one column per member extension such as ``alpha.03.png``).
+WDS_KEY = "__key__"
+WDS_URL = "__url__"
+HF_KEY_COLUMN = WDS_KEY
+HF_URL_COLUMN = WDS_URL
+
+# --- fingerprint (done markers, run.json): the identity of a shard's content ------------------------
+FP_MATTER = "matter"              # the matter's part: name, weights, output options, constants
+FP_CONTENT = "content"            # the job's part: reader output options, frames
+FP_NAME = "name"
+FP_WEIGHTS = "weights_sha256"
+FP_OPTIONS = "options"
+FP_CONSTANTS = "constants"
+

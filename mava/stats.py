@@ -11,7 +11,6 @@ from mava import schema
 from mava.schema import Col
 from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
 
-QUALITY_COLUMNS = ("mean_alpha", "semi_fraction", "mask_iou")
 BINS = np.linspace(0.0, 1.0, 11)
 
 
@@ -64,7 +63,7 @@ def compute(split_dir: str | SplitDir) -> SplitStats:
     ok = [i for i, s in enumerate(status) if s == schema.STATUS_OK]
     failed = [i for i, s in enumerate(status) if s != schema.STATUS_OK]
     tar_bytes = sum(int(split.size(p)) for p in split.shard_files())
-    quality = {c: np.array([t[c][i] for i in ok if t[c][i] is not None], dtype=np.float64) for c in QUALITY_COLUMNS}
+    quality = {c: np.array([t[c][i] for i in ok if t[c][i] is not None], dtype=np.float64) for c in schema.QUALITY_COLUMNS}
     return SplitStats(
         split=split.split, shards=len(set(t[Col.SHARD])), samples=len(status), ok=len(ok), failed=len(failed),
         failures=dict(Counter(t[Col.ERROR_TYPE][i] or "unknown" for i in failed).most_common()),
@@ -106,7 +105,7 @@ def render(s: SplitStats) -> str:
                + (f", {_human(s.sample_bytes / s.ok)} per sample" if s.ok else ""))
     out.append("matters: " + ", ".join(f"{k} {v}" for k, v in s.matters.items()))
     out.append("sources: " + ", ".join(f"{k} {v}" for k, v in s.sources.items()))
-    for c in QUALITY_COLUMNS:
+    for c in schema.QUALITY_COLUMNS:
         v = s.quality.get(c, np.array([]))
         if len(v):
             out.append(f"{c}: mean {v.mean():.3f}, median {np.median(v):.3f}, min {v.min():.3f}, max {v.max():.3f}")
@@ -138,7 +137,7 @@ def plot(s: SplitStats, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, c in zip(axes, QUALITY_COLUMNS):
+    for ax, c in zip(axes, schema.QUALITY_COLUMNS):
         v = np.clip(s.quality.get(c, np.array([])), 0, 1)
         hi = plot_range(c, v)
         ax.hist(v, bins=np.linspace(0.0, hi, 21), color="#3b7dd8", edgecolor="white")

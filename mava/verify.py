@@ -121,7 +121,7 @@ def _check_members(rep: VerifyReport, shard: str, e: TarEntry, row: dict, full: 
             col = row[f]
             if f in meta and meta[f] != col:
                 rep.add("json", shard, key, f"metadata {f}={meta[f]!r} but manifest {col!r}")
-        rles = meta.get("mask_rles") or []
+        rles = meta.get(schema.META_MASK_RLES) or []
         if len(rles) != t or any(list(r.get("size", [])) != [h, w] for r in rles):
             rep.add("json", shard, key, f"mask_rles: {len(rles)} RLEs for {t} frames or size != [{h}, {w}]")
     for ext, data in e.members.items():

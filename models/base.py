@@ -11,6 +11,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from mava import schema
+
 
 def output_option(default, why: str = ""):
     """A config field that changes the bytes a matter writes: it joins the shard fingerprint."""
@@ -152,8 +154,8 @@ class MatterBase:
     def fingerprint(self) -> dict:
         """The mattes' identity: name, weights sha256, output options (resolved) and constants.
         Two runs whose fingerprints are equal write the same mattes."""
-        return {"name": self.name, "weights_sha256": self.weights_hash(), "options": self.resolved_options(),
-                "constants": self.constants()}
+        return {schema.FP_NAME: self.name, schema.FP_WEIGHTS: self.weights_hash(),
+                schema.FP_OPTIONS: self.resolved_options(), schema.FP_CONSTANTS: self.constants()}
 
     @staticmethod
     def check_inputs(frames: np.ndarray, masks: np.ndarray) -> None:

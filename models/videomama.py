@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mava import schema
 from models.arch import SVD_BASE_IN_CHANNELS, VIDEOMAMA_IN_CHANNELS
 from models.base import MatterBase, MatterConfig
 from models.compile_cache import bucket_size, compile_parts, format_buckets, pad_indices, parse_buckets
@@ -413,7 +414,7 @@ class VideoMaMaMatter(MatterBase):
         return {
             "checkpoint": str(self.folders[0].parent) if self.folders else None,
             "base_model": str(self.folders[1].parent) if self.folders else None,
-            "weights_sha256": self.weights_hash(),
+            schema.FP_WEIGHTS: self.weights_hash(),
             "weights": {"unet": self.weights[0].describe(), "vae": self.weights[1].describe()} if self.weights else None,
             "unet_in_channels": self.unet_in_channels,
             "device": str(self.device), "dtype": dtype_name(self.dtype), "vae_dtype": dtype_name(self.vae_dtype),

@@ -76,7 +76,7 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
     row = segment_columns(seg) | {Col.HEIGHT: h, Col.WIDTH: w, Col.STATUS: schema.STATUS_OK, Col.MATTER: matter}
     meta = {name: row[name] for name in schema.META_FIELDS if name in row}
     meta |= {name: data.meta[name] for name in schema.OPTIONAL_META_FIELDS if name in data.meta}
-    meta["mask_rles"] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
+    meta[schema.META_MASK_RLES] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
                           else r["counts"].decode("ascii")} for r in data.rles]
     members = [(f"{seg.key}.{schema.META_EXT}", json.dumps(meta, sort_keys=True).encode())]
     for i in range(t):

@@ -183,7 +183,7 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
 
 def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], lease: Lease,
                     ex: Executor) -> JobResult:
-    fingerprint = {"matter": agreed_fingerprint(ex.start_actors()), "content": cfg.content_options()}
+    fingerprint = {schema.FP_MATTER: agreed_fingerprint(ex.start_actors()), schema.FP_CONTENT: cfg.content_options()}
     sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
                                  retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
                                  verify_tar=cfg.verify_skipped)

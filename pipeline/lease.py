@@ -64,9 +64,10 @@ class Lease:
         return self.dir.url_of(schema.LEASE_JSON)
 
     def _record(self) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                "started_at": _iso(self.started), "heartbeat": _now(), "heartbeat_at": _iso(_now()),
-                "timeout_s": self.timeout_s}
+        now = _now()
+        return {schema.LEASE_HOST: socket.gethostname(), schema.LEASE_PID: os.getpid(), schema.LEASE_TOKEN: self.token,
+                schema.LEASE_STARTED_AT: _iso(self.started), schema.LEASE_HEARTBEAT: now,
+                schema.LEASE_HEARTBEAT_AT: _iso(now), schema.LEASE_TIMEOUT_S: self.timeout_s}
 
     def read(self) -> dict | None:
         """The lease on disk (None when there is none; {} when it is unreadable)."""
@@ -80,13 +81,13 @@ class Lease:
         if not holder:
             return "the lease file is unreadable"
         try:
-            age = _now() - float(holder.get("heartbeat", 0))
-            timeout = float(holder.get("timeout_s", self.timeout_s))
+            age = _now() - float(holder.get(schema.LEASE_HEARTBEAT, 0))
+            timeout = float(holder.get(schema.LEASE_TIMEOUT_S, self.timeout_s))
         except (TypeError, ValueError):
             return "the lease file is malformed"
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-                and not _pid_alive(holder["pid"]):
-            return f"its process {holder['pid']} on this host is gone"
+        if holder.get(schema.LEASE_HOST) == socket.gethostname() and isinstance(holder.get(schema.LEASE_PID), int) \
+                and not _pid_alive(holder[schema.LEASE_PID]):
+            return f"its process {holder[schema.LEASE_PID]} on this host is gone"
         if age > max(timeout, self.timeout_s):
             return f"no heartbeat for {age:.0f} s"
         return None
@@ -99,11 +100,11 @@ class Lease:
             why = self.stale_reason(holder)
             if why is None:
                 raise LeaseHeld(
-                    f"{self.path} is held by pid {holder.get('pid')} on host {holder.get('host')} (since "
-                    f"{holder.get('started_at')}, last heartbeat {holder.get('heartbeat_at')}): another run is "
-                    f"writing this output. Wait for it to finish, or delete the lease if that run is gone.")
-            log.warning("taking over the stale lease %s of pid %s on %s: %s", self.path, holder.get("pid"),
-                        holder.get("host"), why)
+                    f"{self.path} is held by pid {holder.get(schema.LEASE_PID)} on host "
+                    f"{holder.get(schema.LEASE_HOST)} (since {holder.get(schema.LEASE_STARTED_AT)}, last heartbeat "
+                    f"{holder.get(schema.LEASE_HEARTBEAT_AT)}): another run is writing this output. Wait for it to finish, or delete the lease if that run is gone.")
+            log.warning("taking over the stale lease %s of pid %s on %s: %s", self.path, holder.get(schema.LEASE_PID),
+                        holder.get(schema.LEASE_HOST), why)
             self.dir.write_atomic(schema.LEASE_JSON, json.dumps(self._record()).encode())
         elif self.dir.is_local:
             try:
@@ -117,7 +118,7 @@ class Lease:
         else:
             self.dir.write_atomic(schema.LEASE_JSON, json.dumps(self._record()).encode())
             time.sleep(1.0)
-        if (self.read() or {}).get("token") != self.token:
+        if (self.read() or {}).get(schema.LEASE_TOKEN) != self.token:
             raise LeaseHeld(f"{self.path} was taken by another run that started at the same time")
         self._thread = threading.Thread(target=self._beat, name="mava-lease", daemon=True)
         self._thread.start()
@@ -127,7 +128,7 @@ class Lease:
         period = max(0.5, self.timeout_s / 5)
         while not self._stop.wait(period):
             try:
-                if (self.read() or {}).get("token") != self.token:
+                if (self.read() or {}).get(schema.LEASE_TOKEN) != self.token:
                     self.lost = True
                     log.error("lost the lease %s to another run", self.path)
                     return
@@ -141,7 +142,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
-            if (self.read() or {}).get("token") == self.token:
+            if (self.read() or {}).get(schema.LEASE_TOKEN) == self.token:
                 self.dir.rm(schema.LEASE_JSON)
         except OSError as exc:
             log.warning("could not remove the lease %s: %s", self.path, exc)

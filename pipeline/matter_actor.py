@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mava import schema
 from models.base import MatterConfig, build_matter, to_uint8
 from pipeline.errors import Failure, is_system_error
 from pipeline.segments import SegmentData
@@ -64,8 +65,8 @@ class MatterActor:
     def fingerprint(self) -> dict:
         """The identity of the mattes this actor writes (see ``MatterBase.fingerprint``)."""
         fp = getattr(self.matter, "fingerprint", None)
-        return fp() if callable(fp) else {"name": self.name, "weights_sha256": None,
-                                           "options": asdict(self.config), "constants": {}}
+        return fp() if callable(fp) else {schema.FP_NAME: self.name, schema.FP_WEIGHTS: None,
+                                           schema.FP_OPTIONS: asdict(self.config), schema.FP_CONSTANTS: {}}
 
     def info(self) -> dict:
         """Where this actor runs and what it loaded."""

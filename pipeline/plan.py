@@ -70,7 +70,7 @@ def fingerprint_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]
     if old is None:
         return ["no fingerprint (written by an older version)"]
     out = []
-    for k in sorted(set(old) | set(new), key=lambda k: (k not in ("matter", "name", "weights_sha256"), k)):
+    for k in sorted(set(old) | set(new), key=lambda k: (k not in (schema.FP_MATTER, schema.FP_NAME, schema.FP_WEIGHTS), k)):
         a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += fingerprint_diff(a, b, f"{prefix}{k}.")
@@ -153,8 +153,8 @@ def stale_shards(out: str | SplitDir, split: str, num_shards: int) -> list[str]:
     """Done markers of shards past the end of the plan (left by a run with another shard plan)."""
     stale = []
     for path in as_split(out).done_files():
-        name = path.rsplit("/", 1)[-1]
-        index = schema.shard_index(name.rsplit(".", 1)[0], split)
+        name = schema.file_shard(path)
+        index = schema.shard_index(name, split)
         if index is not None and index >= num_shards:
             stale.append(name)
     return sorted(stale)

@@ -357,7 +357,7 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
             return
         cache = _FrameCache(dec, cfg.segment_len)
         # recorded in the sample metadata only when the video is rotated (older samples stay valid)
-        facts = {k: v for k, v in (("rotation", plan.rotation), ("display_rotation", plan.display_rotation)) if v}
+        facts = {k: v for k, v in ((schema.META_ROTATION, plan.rotation), (schema.META_DISPLAY_ROTATION, plan.display_rotation)) if v}
         for s in plan.segments:
             try:
                 frames = cache.get(s.video_frames)

@@ -272,17 +272,18 @@ def write_run_json(cfg: JobConfig, result: JobResult, num_shards: int) -> str:
         history = [{"unreadable_previous_run_json": exc.reason}]
     else:
         if old is not None:
-            history = old.pop("history", []) + [old]
+            history = old.pop(schema.RUN_HISTORY, []) + [old]
     alive = [a["info"]["matter"] for a in result.actors if "matter" in a["info"]]
     matter = alive[0] if alive else {"name": cfg.matter}
     conf = dataclasses.asdict(cfg)
     conf["shards"] = sorted(cfg.shards) if cfg.shards else None
     doc = {
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": code_version(), "config": conf, "matter": matter,
-        "fingerprint": result.fingerprint,
-        "checkpoint_sha256": matter.get("weights_sha256"), schema.RUN_NUM_SHARDS: num_shards,
-        "summary": result.summary(), "errors": result.errors, "actors": result.actors, "history": history[-20:],
+        schema.RUN_FINISHED_AT: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        schema.RUN_CODE_VERSION: code_version(), schema.RUN_CONFIG: conf, schema.RUN_MATTER: matter,
+        schema.RUN_FINGERPRINT: result.fingerprint,
+        schema.RUN_CHECKPOINT_SHA256: matter.get(schema.FP_WEIGHTS), schema.RUN_NUM_SHARDS: num_shards,
+        schema.RUN_SUMMARY: result.summary(), schema.RUN_ERRORS: result.errors, schema.RUN_ACTORS: result.actors,
+        schema.RUN_HISTORY: history[-schema.RUN_HISTORY_LEN:],
     }
     out.write_atomic(schema.RUN_JSON, json.dumps(doc, indent=1, default=str).encode())
     return out.url_of(schema.RUN_JSON)
