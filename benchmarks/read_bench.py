@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from pipeline import synth
-from pipeline.reader import Failure, ReaderConfig, list_videos, plan_video, read_segments
+from pipeline.protocol import Failure
+from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 
 log = logging.getLogger(__name__)
 BACKENDS = ("decord", "pyav")

@@ -1,6 +1,7 @@
 """The matter contract and a name -> matter registry.
 
-``refine(frames: uint8[T,H,W,3], masks: bool[T,H,W]) -> float32[T,H,W]`` in [0, 1].
+``refine(frames: uint8[T,H,W,3], masks: bool[T,H,W]) -> float32[T,H,W]`` in [0, 1]; the job calls one
+batched method, ``refine_batch_uint8(clips, keys)`` (see :class:`Matter`).
 """
 
 from __future__ import annotations
@@ -97,22 +98,37 @@ def output_fields(cls=MatterConfig) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if f.metadata.get("fingerprint"))
 
 
+Clip = tuple[np.ndarray, np.ndarray]   # (frames uint8[T,H,W,3], masks bool[T,H,W])
+
+
 class Matter(Protocol):
-    """What the job needs of a matter. Optional, used when present: ``refine_batch_uint8(clips, keys=...)``
-    (uint8 mattes; ``keys`` are the sample keys, e.g. to seed noise per sample), ``prepare_batch(clips,
-    keys)`` + ``refine_prepared(staged)`` (the matter actor stages batch n+1 while batch n runs),
-    ``fingerprint()``, ``describe()``."""
+    """What the job needs of a matter (:class:`MatterBase` implements all of it from ``refine``)."""
 
     name: str
     deterministic: bool
 
-    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
+    def refine_batch_uint8(self, clips: Sequence[Clip], keys: Sequence[str]) -> list[np.ndarray]:
+        """The one way in: uint8[T,H,W] mattes (0..255) of a batch; ``keys`` are the sample keys (e.g. to
+        seed noise per sample, so a matte does not depend on batching)."""
 
-    def refine_batch(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]: ...
+    def prepare_batch(self, clips: Sequence[Clip], keys: Sequence[str]) -> object | None:
+        """Stage what a batch needs before the model (host resizing, uploads, noise), or None when the
+        matter stages nothing; the matter actor stages batch n+1 while batch n runs."""
+
+    def refine_prepared(self, staged: object) -> list[np.ndarray]:
+        """The mattes of a batch staged by :meth:`prepare_batch` (as ``refine_batch_uint8``)."""
+
+    def fingerprint(self) -> dict:
+        """The mattes' identity: name, weights sha256, output options (resolved), constants."""
+
+    def describe(self) -> dict:
+        """What produced the mattes, for run.json."""
 
 
 class MatterBase:
-    """Convenience base: ``refine_batch`` loops over ``refine``; input checks in one place."""
+    """Base of the matters: the :class:`Matter` contract from a per-clip ``refine``; input checks in one
+    place. Override ``refine_batch_uint8`` for a batched model, ``prepare_batch``/``refine_prepared`` to
+    stage batches."""
 
     name = "base"
     deterministic = True
@@ -122,12 +138,20 @@ class MatterBase:
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def refine_batch(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def refine_batch(self, clips: Sequence[Clip], keys: Sequence[str] | None = None) -> list[np.ndarray]:
+        """float mattes of a batch (``refine`` per clip)."""
         return [self.refine(f, m) for f, m in clips]
 
-    def refine_batch_uint8(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def refine_batch_uint8(self, clips: Sequence[Clip], keys: Sequence[str] | None = None) -> list[np.ndarray]:
         """Like ``refine_batch`` but alpha as uint8[T,H,W] (0..255, rounded), what the writer stores."""
-        return [to_uint8(a) for a in self.refine_batch(clips)]
+        return [a if a.dtype == np.uint8 else to_uint8(a) for a in self.refine_batch(clips, keys)]
+
+    def prepare_batch(self, clips: Sequence[Clip], keys: Sequence[str]) -> object | None:
+        """No staging by default."""
+        return None
+
+    def refine_prepared(self, staged: object) -> list[np.ndarray]:
+        raise NotImplementedError(f"{type(self).__name__} stages no batches")
 
     def params(self) -> dict:
         """Matter-specific settings recorded in run.json (override in subclasses)."""

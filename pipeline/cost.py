@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from pipeline import sav
-from pipeline.errors import EmptyMasklet, SampleError
+from pipeline.errors import EmptyMasklet, InputError
 from pipeline.reader import ReaderConfig, VideoPlan, list_videos, plan_from_annotations
 
 log = logging.getLogger("pipeline.cost")
@@ -63,7 +63,7 @@ class Counts:
             else:
                 self.failed_masklets += 1
 
-    def add_failed_video(self, error: SampleError) -> None:
+    def add_failed_video(self, error: InputError) -> None:
         """Count a video the job fails as a whole."""
         self.videos += 1
         self.failed_videos += 1
@@ -79,7 +79,7 @@ def count_split(split_url: str, cfg: ReaderConfig, limit: int | None = None, pro
     for ref in tqdm(refs, desc="annotations", disable=not progress):
         try:
             plan = plan_from_annotations(ref, cfg)
-        except SampleError as exc:
+        except InputError as exc:
             counts.add_failed_video(exc)
             log.warning("skipping %s", exc)
             continue

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from mava import schema
 from mava.schema import Col
-from pipeline.errors import Failure
+from pipeline.protocol import Chunk, Failure, Stage
 from pipeline.segments import Segment, SegmentData
 
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
@@ -77,7 +78,7 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
     meta = {name: row[name] for name in schema.META_FIELDS if name in row}
     meta |= {name: data.meta[name] for name in schema.OPTIONAL_META_FIELDS if name in data.meta}
     meta[schema.META_MASK_RLES] = [{"size": list(r["size"]), "counts": r["counts"] if isinstance(r["counts"], str)
-                          else r["counts"].decode("ascii")} for r in data.rles]
+                                    else r["counts"].decode("ascii")} for r in data.rles]
     members = [(f"{seg.key}.{schema.META_EXT}", json.dumps(meta, sort_keys=True).encode())]
     for i in range(t):
         if frames == "jpg":
@@ -87,11 +88,22 @@ def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: 
     return EncodedSample(seg.key, members, row)
 
 
-def encode(data: SegmentData, alpha: np.ndarray | Failure, matter: str, frames: str) -> EncodedSample | Failure:
-    """The encode step: an encoded ok sample, or the Failure of a matte that failed or does not fit."""
+def encode_one(data: SegmentData | Failure, alpha: np.ndarray | Failure, matter: str, frames: str
+               ) -> EncodedSample | Failure:
+    """One sample: encoded when ok, else the Failure of its reading or of a matte that failed or does not fit."""
     if isinstance(alpha, Failure):
         return alpha
+    if isinstance(data, Failure):
+        return data.routed_to(matter)
     try:
         return encode_sample(data, alpha, matter, frames)
     except ValueError as exc:  # e.g. a matte whose shape does not match its segment
-        return Failure.of_matter(data.segment, type(exc).__name__, f"matter {matter}: {exc}", matter)
+        return Failure.of_segment(data.segment, f"matter {matter}: {exc}", Stage.MATTER, matter, type(exc).__name__)
+
+
+def encode(chunk: Chunk, results: Sequence[np.ndarray | Failure], matter: str, frames: str
+           ) -> list[EncodedSample | Failure]:
+    """The encode step: a chunk and its matter results -> one encoded sample or Failure per item."""
+    if len(results) != len(chunk.items):
+        raise ValueError(f"{len(results)} matter results for a chunk of {len(chunk.items)} ({chunk.video_id})")
+    return [encode_one(d, a, matter, frames) for d, a in zip(chunk.items, results)]

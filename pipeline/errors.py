@@ -1,15 +1,11 @@
-"""Typed input errors, the one failure record that carries them to the manifest, and the rule that
-tells a system failure (retried) from a sample failure (recorded)."""
+"""Typed input errors (a problem of one sample, recorded as its failed row) and the rule that tells a
+system failure (retried) from a sample failure. The record that carries a failure to the manifest is
+``pipeline.protocol.Failure``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-from mava import schema
-from pipeline.segments import Segment
-
-
-class SampleError(Exception):
+class InputError(Exception):
     """A problem with one input file; the run records it and goes on.
 
     ``path`` names the offending file, ``problem`` says what is wrong with it.
@@ -28,83 +24,44 @@ class SampleError(Exception):
         return (type(self), (self.path, self.problem))
 
 
-class VideoMissing(SampleError):
+class VideoMissing(InputError):
     """The video file (or frame folder) does not exist."""
 
 
-class VideoCorrupt(SampleError):
+class VideoCorrupt(InputError):
     """The video cannot be opened or a requested frame cannot be decoded."""
 
 
-class AnnotationMissing(SampleError):
+class AnnotationMissing(InputError):
     """The masklet JSON file does not exist."""
 
 
-class AnnotationMalformed(SampleError):
+class AnnotationMalformed(InputError):
     """The masklet JSON is not valid JSON or lacks/garbles required fields."""
 
 
-class RleSizeMismatch(SampleError):
+class RleSizeMismatch(InputError):
     """An RLE's ``size`` differs from the video's frame size."""
 
 
-class AnnotationOutOfRange(SampleError):
+class AnnotationOutOfRange(InputError):
     """Annotated frames map past the end of the video."""
 
 
-class EmptyMasklet(SampleError):
+class EmptyMasklet(InputError):
     """A masklet is never visible, so it has no segment."""
 
 
-class UnsafeId(SampleError):
+class UnsafeId(InputError):
     """A video or masklet id that could escape the output folder or break a key."""
 
 
-class ReaderError(SampleError):
+class ReaderCrashed(InputError):
+    """The reader process died on this video every time it was retried (e.g. the decoder crashed)."""
+
+
+class ReaderError(InputError):
     """An unexpected error while planning or reading a video (a library or reader bug)."""
-
-
-# --- the one failure record ------------------------------------------------------------------------
-
-
-@dataclass
-class Failure:
-    """A planned sample (or a whole video) that failed, from wherever it failed to the manifest.
-
-    Readers, the matter actor and the encoder create it; only the writer turns it into a row.
-    ``error`` is the typed input error when there is one; ``error_type``/``message`` are what the
-    manifest records. ``segment`` (when known) fills the row's segment columns; ``matter`` names the
-    matter the sample was routed to (None for failures found while planning). ``stage`` says where it
-    failed: plan | read | matter (the matter raised or returned a matte that does not fit).
-    """
-
-    key: str
-    video_id: str
-    source: str | None = None
-    masklet_id: int | None = None
-    start: int | None = None
-    error: SampleError | None = None
-    error_type: str = ""
-    message: str = ""
-    segment: Segment | None = None
-    matter: str | None = None
-    stage: str = "plan"
-
-    def __post_init__(self):
-        if self.error is not None:
-            self.error_type = self.error_type or self.error.error_type
-            self.message = self.message or str(self.error)
-
-    @classmethod
-    def of_matter(cls, seg: Segment, error_type: str, message: str, matter: str) -> "Failure":
-        """The matter failed on a segment (its columns, e.g. frames and overlap, go into the row)."""
-        return cls(seg.key, seg.video_id, seg.source, seg.masklet_id, seg.start, None, error_type, message,
-                   segment=seg, matter=matter, stage="matter")
-
-    @classmethod
-    def of_video(cls, video_id: str, error: SampleError) -> "Failure":
-        """The single row of a video of which nothing could be planned."""
-        return cls(schema.video_failure_key(video_id), video_id, error=error)
 
 
 # --- system failures -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ steps on Ray, ``run`` is the command line.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import uuid
@@ -18,10 +19,11 @@ from mava.folder import SplitDir
 from models.base import MatterConfig, output_fields
 from pipeline import plan as planning
 from pipeline import sav
-from pipeline.executor import Executor, ResourceConfig, ShardTask, Steps, init_ray
+from pipeline.executor import ClusterError, Executor, ResourceConfig, ShardTask, init_ray
 from pipeline.lease import Lease, LeaseHeld
 from pipeline.matter_actor import MatterActor
-from pipeline.reader import ReaderConfig, list_videos, read_video
+from pipeline.protocol import Steps
+from pipeline.reader import ReaderConfig, list_videos, lost_keys, read_video
 from pipeline.writer import ShardWriter
 from pipeline.encode import encode
 
@@ -71,6 +73,7 @@ class JobResult:
     shards_done: list[int] = field(default_factory=list)
     shards_skipped: list[int] = field(default_factory=list)
     shards_failed: dict[int, str] = field(default_factory=dict)
+    shards_redone: dict[int, int] = field(default_factory=dict)    # shards redone in this run after a loss
     ok: int = 0
     failed: collections.Counter = field(default_factory=collections.Counter)
     frames: int = 0
@@ -94,6 +97,7 @@ class JobResult:
         return {
             "shards_done": len(self.shards_done), "shards_skipped": len(self.shards_skipped),
             "shards_failed": {str(k): v for k, v in self.shards_failed.items()},
+            "shards_redone": {str(k): v for k, v in self.shards_redone.items()},
             "samples_ok": self.ok, "samples_failed": dict(sorted(self.failed.items())),
             "frames": self.frames, "wall_s": round(self.wall_s, 2),
             "frames_per_s": round(self.frames / self.wall_s, 2) if self.wall_s else None,
@@ -103,14 +107,15 @@ class JobResult:
 
 
 def steps_for(cfg: JobConfig) -> Steps:
-    """The job's steps with their configuration bound."""
+    """The job's steps with their configuration bound (a reader chunk holds at least one batch)."""
+    reader = dataclasses.replace(cfg.reader, chunk=max(cfg.reader.chunk, cfg.matter_config.batch_size))
     return Steps(
-        read=read_video, read_args=(cfg.reader,),
+        read=read_video, read_args=(reader,),
         matter=MatterActor, matter_args=(cfg.matter, cfg.matter_config),
         encode=encode, encode_args=(cfg.matter, cfg.frames),
         writer=functools.partial(ShardWriter, cfg.out_split, cfg.split,
                                  max_matter_failures=cfg.max_matter_failures),
-        matter_name=cfg.matter,
+        lost=lost_keys,
     )
 
 
@@ -147,7 +152,10 @@ def run_job(cfg: JobConfig) -> tuple[JobResult, list[planning.ShardPlan]]:
         raise JobError(f"unsafe split name {cfg.split!r}")
     out = SplitDir(cfg.out_split)
     check_writable(out)
-    videos = list_videos(cfg.split_url)
+    try:
+        videos = list_videos(cfg.split_url)
+    except FileNotFoundError as exc:
+        raise JobError(str(exc)) from None
     if not videos:
         raise JobError(f"no videos found in {cfg.split_url} (looked for <video>.mp4 with <video>_manual.json in "
                        f"the folder or one level down, or {sav.FRAMES_DIR}/<video>/ frame folders)")
@@ -173,8 +181,11 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
     if stale:
         raise JobError(f"{cfg.out_split} holds shards past this plan's {len(plans)} ({stale[0]}, ...): it was "
                        f"written with another shard plan (--videos-per-shard?); use a new --out")
-    init_ray(cfg.resources)
-    ex = Executor(steps_for(cfg), cfg.resources, cfg.matter_config.batch_size, cfg.progress)
+    try:
+        init_ray(cfg.resources)
+    except ClusterError as exc:
+        raise JobError(str(exc)) from None
+    ex = Executor(steps_for(cfg), cfg.resources, cfg.matter_config.batch_size, cfg.progress, on_tick=lease.touch)
     try:
         return _select_and_run(cfg, out, plans, lease, ex)
     finally:
@@ -183,10 +194,17 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
 
 def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], lease: Lease,
                     ex: Executor) -> JobResult:
-    fingerprint = {schema.FP_MATTER: agreed_fingerprint(ex.start_actors()), schema.FP_CONTENT: cfg.content_options()}
-    sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
-                                 retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
-                                 verify_tar=cfg.verify_skipped)
+    try:
+        fingerprints = ex.start_actors()
+    except ClusterError as exc:
+        raise JobError(str(exc)) from None
+    fingerprint = {schema.FP_MATTER: agreed_fingerprint(fingerprints), schema.FP_CONTENT: cfg.content_options()}
+    try:
+        sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
+                                     retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
+                                     verify_tar=cfg.verify_skipped)
+    except ValueError as exc:  # --shards outside the plan
+        raise JobError(str(exc)) from None
     if sel.mismatched:
         groups: dict[str, list[int]] = collections.defaultdict(list)
         for i, why in sorted(sel.mismatched.items()):
@@ -210,7 +228,10 @@ def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPla
             result.frames += res.marker[schema.MARKER_FRAMES]
             result.failed.update(res.failed)
         result.shards_failed = dict(sorted(run.failed.items()))
+        result.shards_redone = dict(sorted(run.redone.items()))
         result.wall_s = run.wall_s
+        if run.stalled:
+            result.errors.append(run.stalled)
     result.actors = ex.actor_records()
     if lease.lost:
         result.errors.append(f"the lease {lease.path} was taken by another run during this one")

@@ -56,6 +56,7 @@ class Lease:
         self.token = uuid.uuid4().hex
         self.started = _now()
         self.lost = False
+        self._last_tick = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -124,9 +125,22 @@ class Lease:
         self._thread.start()
         return self
 
+    def touch(self) -> None:
+        """The holder is alive and working: the heartbeat goes on only while this is called at least once
+        per ``timeout_s`` (a run that hangs lets its lease go stale, so the next run can take over)."""
+        self._last_tick = time.monotonic()
+
     def _beat(self) -> None:
         period = max(0.5, self.timeout_s / 5)
+        stale = False
         while not self._stop.wait(period):
+            if time.monotonic() - self._last_tick > self.timeout_s:
+                if not stale:
+                    log.warning("the run holding %s has not made a step for %.0f s: the lease is no longer "
+                                "refreshed", self.path, time.monotonic() - self._last_tick)
+                stale = True
+                continue
+            stale = False
             try:
                 if (self.read() or {}).get(schema.LEASE_TOKEN) != self.token:
                     self.lost = True

@@ -1,28 +1,28 @@
-"""The matter step: one actor per GPU (or N on CPU) loads its matter once and mattes batches.
+"""The matter step: one actor per GPU (or N on CPU) loads its matter once and mattes chunks of segments.
 
-It takes segments and returns uint8 mattes, so the bytes that leave the GPU are already the bytes
+It takes reader chunks and returns uint8 mattes, so the bytes that leave the GPU are already the bytes
 the writer stores. A matter error about the sample becomes that sample's :class:`Failure`; a system
-error (GPU out of memory, CUDA/driver/NCCL errors, host memory) ends the process, so Ray restarts
-the actor on a clean device and retries the batch (bounded by the actor's restarts); if it persists,
-the batch is lost, its shard is not marked done, and the run fails. It keeps its own busy/idle clock.
+error (GPU out of memory, CUDA/driver/NCCL errors, host memory) ends the process, so Ray restarts the
+actor on a clean device and the executor sends the chunks again (bounded by the actor's restarts). It
+keeps its own busy/idle clock.
 """
 
 from __future__ import annotations
 
-import inspect
+import concurrent.futures
 import logging
 import os
 import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-from mava import schema
-from models.base import MatterConfig, build_matter, to_uint8
-from pipeline.errors import Failure, is_system_error
+from models.base import MatterConfig, build_matter
+from pipeline.errors import is_system_error
+from pipeline.protocol import BatchDone, Chunk, Failure, Stage
 from pipeline.segments import SegmentData
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,9 @@ log = logging.getLogger(__name__)
 SYSTEM_EXIT_CODE = 75  # the process exits with this after a system error (Ray restarts the actor)
 
 
-@dataclass
-class BatchDone:
-    """The last return of :meth:`MatterActor.refine`: a small token the driver waits on."""
-
-    segments: int
-    busy_s: float
-
-
 class MatterActor:
-    """Wraps a matter for Ray; use via ``ray.remote(MatterActor).options(...)``.
+    """Wraps a matter for Ray (a :class:`pipeline.protocol.MatterStep`); use via
+    ``ray.remote(MatterActor).options(...)``.
 
     ``refine`` may be called concurrently (a threaded actor): what a matter can do before the model
     (``prepare_batch``, e.g. host-to-device copies) overlaps the previous batch; the model itself runs
@@ -51,9 +44,10 @@ class MatterActor:
         self.name = matter
         self.config = config
         self.matter = build_matter(matter, config)
+        self.batch = max(1, config.batch_size)
         self.load_s = time.perf_counter() - t0
-        self._takes_keys = _accepts_keys(self.matter)
         self._lock = threading.Lock()
+        self._stager = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
         self.busy_s = 0.0
         self.calls = 0
         self.segments = 0
@@ -64,38 +58,55 @@ class MatterActor:
 
     def fingerprint(self) -> dict:
         """The identity of the mattes this actor writes (see ``MatterBase.fingerprint``)."""
-        fp = getattr(self.matter, "fingerprint", None)
-        return fp() if callable(fp) else {schema.FP_NAME: self.name, schema.FP_WEIGHTS: None,
-                                           schema.FP_OPTIONS: asdict(self.config), schema.FP_CONSTANTS: {}}
+        return self.matter.fingerprint()
+
+    def ping(self) -> bool:
+        return True
 
     def info(self) -> dict:
         """Where this actor runs and what it loaded."""
         import ray
 
-        describe = getattr(self.matter, "describe", None)
         return {
             "pid": os.getpid(), "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "matter": describe() if callable(describe) else {"name": self.name},
-            "config": asdict(self.config), "load_s": round(self.load_s, 3),
+            "matter": self.matter.describe(), "config": asdict(self.config), "load_s": round(self.load_s, 3),
         }
 
-    def refine(self, *datas: SegmentData) -> tuple:
-        """One result per segment (a uint8 matte or a Failure), then a :class:`BatchDone`."""
-        staged = None
-        prepare = getattr(self.matter, "prepare_batch", None)
-        if callable(prepare) and callable(getattr(self.matter, "refine_prepared", None)):
-            try:
-                staged = prepare([(d.frames, d.masks) for d in datas], [d.segment.key for d in datas])
-            except Exception as exc:  # noqa: BLE001 - the model path below meets it again and sorts it
-                log.info("staging a batch failed (%s: %s); running it unstaged", type(exc).__name__, exc)
+    def refine(self, *chunks: Chunk) -> tuple:
+        """Per chunk, the list of its results (a uint8 matte per segment, its Failure per failed item);
+        then a :class:`BatchDone`. The chunks' segments run in batches of ``batch_size``."""
+        datas = [d for c in chunks for d in c.segments()]
+        batches = [datas[i:i + self.batch] for i in range(0, len(datas), self.batch)]
+        mattes: dict[str, np.ndarray | Failure] = {}
+        took = 0.0
+        staged = self._stager.submit(self._stage, batches[0]) if batches else None
+        for k, batch in enumerate(batches):
+            ready = staged.result()
+            # stage batch k+1 (host work, uploads) while batch k runs on the model
+            staged = self._stager.submit(self._stage, batches[k + 1]) if k + 1 < len(batches) else None
+            out, t = self._timed(batch, ready)
+            took += t
+            mattes.update(zip((d.segment.key for d in batch), out))
+        results = [[item.routed_to(self.name) if isinstance(item, Failure) else mattes[item.segment.key]
+                    for item in c.items] for c in chunks]
+        return (*results, BatchDone(len(datas), took))
+
+    def _stage(self, datas: list[SegmentData]):
+        try:
+            return self.matter.prepare_batch(_clips(datas), _keys(datas))
+        except Exception as exc:  # noqa: BLE001 - the model path below meets it again and sorts it
+            log.info("staging a batch failed (%s: %s); running it unstaged", type(exc).__name__, exc)
+            return None
+
+    def _timed(self, datas: list[SegmentData], staged) -> tuple[list, float]:
         with self._lock:
             start = time.perf_counter()
             if self.last_end is not None:
                 self.idle_s += start - self.last_end
-            out = self._refine(list(datas), staged)
+            out = self._refine(datas, staged)
             self.last_end = time.perf_counter()
             took = self.last_end - start
             self.busy_s += took
@@ -104,17 +115,12 @@ class MatterActor:
             self.calls += 1
             self.segments += len(datas)
             self.frames += sum(d.masks.shape[0] for d in datas)
-        return (*out, BatchDone(len(datas), took))
+        return out, took
 
     def _run_matter(self, datas: list[SegmentData], staged) -> list[np.ndarray]:
-        clips = [(d.frames, d.masks) for d in datas]
-        kw = {"keys": [d.segment.key for d in datas]} if self._takes_keys else {}
         if staged is not None:
             return list(self.matter.refine_prepared(staged))
-        batched = getattr(self.matter, "refine_batch_uint8", None)
-        if callable(batched):
-            return list(batched(clips, **kw))
-        return [a if a.dtype == np.uint8 else to_uint8(a) for a in self.matter.refine_batch(clips, **kw)]
+        return list(self.matter.refine_batch_uint8(_clips(datas), _keys(datas)))
 
     def _refine(self, datas: list[SegmentData], staged=None) -> list:
         try:
@@ -124,8 +130,8 @@ class MatterActor:
                 self._die(exc)
             if len(datas) == 1:
                 log.warning("matter failed on %s: %s", datas[0].segment.key, exc)
-                return [Failure.of_matter(datas[0].segment, type(exc).__name__, f"matter {self.name}: {exc}",
-                                          self.name)]
+                return [Failure.of_segment(datas[0].segment, f"matter {self.name}: {exc}", Stage.MATTER,
+                                           self.name, type(exc).__name__)]
         # a batch failed: isolate the bad segment(s) by running one at a time
         return [r for d in datas for r in self._refine([d])]
 
@@ -153,10 +159,10 @@ class MatterActor:
         }
 
 
-def _accepts_keys(matter) -> bool:
-    """True when the matter's batch call takes the samples' keys (to seed noise per sample)."""
-    fn = getattr(matter, "refine_batch_uint8", None) or getattr(matter, "refine_batch", None)
-    try:
-        return fn is not None and "keys" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+def _clips(datas: list[SegmentData]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(d.frames, d.masks) for d in datas]
+
+
+def _keys(datas: list[SegmentData]) -> list[str]:
+    return [d.segment.key for d in datas]
+

@@ -1,9 +1,10 @@
 """Read SA-V videos as segments: plan a video (validate, cut masklets), then stream its segments.
 
-``list_videos(split) -> [VideoRef]``, ``plan_video(ref, cfg) -> VideoPlan`` (raises a SampleError for a
-video-level failure), ``read_segments(plan, cfg)`` yields one SegmentData or Failure per planned
-segment, decoding only the frames it needs, with a small cache shared by consecutive segments.
-``read_video(ref, cfg)`` is the reader step of the job: the stream of one video (see its docstring).
+``list_videos(split) -> [VideoRef]``, ``open_plan(ref, cfg) -> (VideoPlan, open video)`` (raises an
+InputError for a video-level failure), ``read_segments(plan, cfg, video)`` yields one SegmentData or
+Failure per planned segment, decoding only the frames it needs, with a small cache shared by
+consecutive segments. Each video is opened (and, behind a URL, fetched) once. ``read_video(ref, cfg)``
+is the reader step of the job: the stream of one video (see its docstring).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,9 +21,10 @@ from mava import schema
 from models.base import output_option, runtime_option
 from pipeline import sav, video
 from pipeline.errors import (
-    AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, Failure, ReaderError,
-    RleSizeMismatch, SampleError, UnsafeId, VideoCorrupt, VideoMissing,
+    AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, InputError, ReaderCrashed,
+    ReaderError, RleSizeMismatch, UnsafeId, VideoCorrupt, VideoMissing,
 )
+from pipeline.protocol import Chunk, Failure, Stage, VideoHeader
 from pipeline.sav import VideoRef, list_videos  # noqa: F401  (re-exported API)
 from pipeline.segments import Segment, SegmentData, plan_masklet
 
@@ -38,6 +40,8 @@ class ReaderConfig:
     masklets: str = output_option("manual", "manual | auto | all")
     segment_len: int = output_option(12, "annotated frames per segment")
     backend: str = runtime_option("decord", "decord | pyav (both decode the same frames)")
+    chunk: int = runtime_option(8, "segments per reader chunk: the unit the driver routes to a matter actor "
+                                   "(the driver's work is per chunk, not per segment)")
     threads: int = runtime_option(1, "decoder threads per reader (Ray readers get one CPU each)")
 
 
@@ -87,7 +91,7 @@ class MaskletPlan:
     masklet_id: int
     segments: list[Segment]
     rles: list[dict]
-    error: SampleError | None = None
+    error: InputError | None = None
 
 
 def masklet_sources(cfg: ReaderConfig) -> tuple[str, ...]:
@@ -100,10 +104,6 @@ def _fps_ratio(fps: float | None) -> int:
     if not fps or fps <= 0:
         return round(sav.VIDEO_FPS / sav.ANN_FPS)
     return max(1, round(fps / sav.ANN_FPS))
-
-
-def _masklet_failure(vid: str, src: str, mid: int, err: SampleError) -> Failure:
-    return Failure(schema.sample_key(vid, src, mid, 0), vid, src, mid, 0, err)
 
 
 def plan_one_masklet(video_id: str, source: str, masklet_id: int, num_ann: int,
@@ -165,7 +165,7 @@ def _assemble(ref: VideoRef, plans: list[MaskletPlan], facts: VideoFacts) -> Vid
     rles: dict[tuple[str, int], list[dict]] = {}
     for p in plans:
         if p.error is not None:
-            failures.append(_masklet_failure(ref.video_id, p.source, p.masklet_id, p.error))
+            failures.append(Failure.of_masklet(ref.video_id, p.source, p.masklet_id, p.error))
             continue
         segments.extend(p.segments)
         rles[(p.source, p.masklet_id)] = p.rles
@@ -201,9 +201,19 @@ def _plan_train(ref: VideoRef, anns: list[sav.Annotation], facts: VideoFacts, se
 
 
 def plan_video(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
-    """Validate one video and cut its masklets into segments.
+    """Validate one video and cut its masklets into segments (see :func:`open_plan`; the video is
+    closed again)."""
+    plan, dec = open_plan(ref, cfg)
+    dec.close()
+    return plan
 
-    Raises a SampleError subclass when nothing of the video can be read (unsafe id, missing or
+
+def open_plan(ref: VideoRef, cfg: ReaderConfig) -> tuple[VideoPlan, video.Decoder]:
+    """Validate one video, cut its masklets into segments, and return the plan with the open video,
+    ready for :func:`read_segments` (one open per video: a remote mp4 is fetched once). The caller
+    closes the decoder.
+
+    Raises an InputError subclass when nothing of the video can be read (unsafe id, missing or
     malformed JSON, missing or unopenable video, sizes that differ, annotations past the video end).
 
     A rotated mp4 (display matrix or ``rotate`` tag) is read display-oriented when the annotation
@@ -217,9 +227,14 @@ def plan_video(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
     anns = _load_annotations(ref, cfg)
     dec = video.open_video(ref.video_url, cfg.backend, threads=cfg.threads)
     try:
-        h, w, n, fps, shown = dec.height, dec.width, dec.num_frames, dec.fps, dec.display_rotation
-    finally:
+        return _plan_opened(ref, anns, dec, cfg), dec
+    except BaseException:
         dec.close()
+        raise
+
+
+def _plan_opened(ref: VideoRef, anns: list[sav.Annotation], dec: video.Decoder, cfg: ReaderConfig) -> VideoPlan:
+    h, w, n, fps, shown = dec.height, dec.width, dec.num_frames, dec.fps, dec.display_rotation
     rotation = shown
     size = (anns[0].height, anns[0].width)
     if shown % 180 and size != (h, w) and size == (w, h):
@@ -280,13 +295,22 @@ def _png_mask(frames: dict[int, str], empty: dict, h: int, w: int) -> Callable[[
     return read
 
 
-def _plan_frames_layout(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ...]) -> VideoPlan:
+def _plan_frames_layout(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ...]
+                        ) -> tuple[VideoPlan, video.Decoder]:
     """Val/test layout: JPEG frame folder + per-object PNG masks named by video frame number."""
     if not sav.isdir(ref.mask_url):
         raise AnnotationMissing(ref.mask_url, "mask folder does not exist")
     dec = video.open_video(ref.video_url, cfg.backend)
+    try:
+        return _plan_frames_opened(ref, cfg, sources, dec), dec
+    except BaseException:
+        dec.close()
+        raise
+
+
+def _plan_frames_opened(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ...], dec: video.Decoder
+                        ) -> VideoPlan:
     h, w, n = dec.height, dec.width, dec.num_frames
-    dec.close()
     ratio = _fps_ratio(sav.VIDEO_FPS)
     facts = VideoFacts(str(ref.video_url), h, w, n, ratio)
     if "manual" not in sources:
@@ -338,31 +362,40 @@ class _FrameCache:
         return out
 
 
-def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | Failure]:
-    """One SegmentData (or Failure) per ``plan.segments`` entry, in order; memory ~ a few segments."""
-    if not plan.segments:
+def read_segments(plan: VideoPlan, cfg: ReaderConfig, dec: video.Decoder | None = None, skip: int = 0
+                  ) -> Iterator[SegmentData | Failure]:
+    """One SegmentData (or Failure) per ``plan.segments`` entry from index ``skip`` on, in order, decoding
+    only the frames they need (memory: a few segments). ``dec`` is the video :func:`open_plan` left open
+    (it is closed here); without it the video is opened again."""
+    segments = plan.segments[skip:]
+    if not segments:
+        if dec is not None:
+            dec.close()
         return
-    vid = plan.ref.video_id
-    try:
-        dec = video.open_video(plan.ref.video_url, cfg.backend, threads=cfg.threads, rotation=plan.rotation)
-    except SampleError as e:
-        for s in plan.segments:
-            yield Failure(s.key, vid, s.source, s.masklet_id, s.start, e)
-        return
+    if dec is None:
+        try:
+            dec = video.open_video(plan.ref.video_url, cfg.backend, threads=cfg.threads, rotation=plan.rotation)
+        except InputError as e:
+            for s in segments:
+                yield Failure.of_segment(s, e, Stage.READ)
+            return
+    else:
+        dec.set_rotation(plan.rotation)
     try:
         if (dec.height, dec.width) != (plan.height, plan.width):
             err = VideoCorrupt(str(plan.ref.video_url), f"size {dec.height}x{dec.width} differs from the plan")
-            for s in plan.segments:
-                yield Failure(s.key, vid, s.source, s.masklet_id, s.start, err)
+            for s in segments:
+                yield Failure.of_segment(s, err, Stage.READ)
             return
         cache = _FrameCache(dec, cfg.segment_len)
         # recorded in the sample metadata only when the video is rotated (older samples stay valid)
-        facts = {k: v for k, v in ((schema.META_ROTATION, plan.rotation), (schema.META_DISPLAY_ROTATION, plan.display_rotation)) if v}
-        for s in plan.segments:
+        facts = {k: v for k, v in ((schema.META_ROTATION, plan.rotation),
+                                   (schema.META_DISPLAY_ROTATION, plan.display_rotation)) if v}
+        for s in segments:
             try:
                 frames = cache.get(s.video_frames)
             except VideoCorrupt as e:
-                yield Failure(s.key, vid, s.source, s.masklet_id, s.start, e)
+                yield Failure.of_segment(s, e, Stage.READ)
                 continue
             rles = plan.rles[(s.source, s.masklet_id)][s.start:s.start + s.length]
             masks = np.stack([sav.decode_rle(r) for r in rles])
@@ -374,53 +407,42 @@ def read_segments(plan: VideoPlan, cfg: ReaderConfig) -> Iterator[SegmentData | 
 # --- the reader step of the job -------------------------------------------------------------------
 
 
-@dataclass
-class VideoHeader:
-    """First item of a reader stream: the keys that follow, in order, and what already failed."""
-
-    video_id: str
-    keys: list[str]
-    failures: list[Failure]
-
-
-@dataclass(frozen=True)
-class Next:
-    """Announces that the next item of a reader stream is the SegmentData of ``key`` (small, so the
-    driver can route failures and pixels apart without fetching pixels)."""
-
-    key: str
-
-
-StreamItem = Union[VideoHeader, Next, SegmentData, Failure]
-
-
-def read_video(ref: VideoRef, cfg: ReaderConfig) -> Iterator[StreamItem]:
-    """The stream of one video: a VideoHeader, then per planned key either a Failure or ``Next(key)``
-    followed by its SegmentData.
+def read_video(ref: VideoRef, cfg: ReaderConfig, start_chunk: int = 0) -> Iterator[VideoHeader | Chunk]:
+    """The stream of one video (see ``pipeline.protocol``): a VideoHeader with the planned keys, then
+    one Chunk per ``cfg.chunk`` consecutive keys, from chunk ``start_chunk`` on (a resumed stream).
 
     Never raises: typed input errors become failures, and so does anything unexpected (as
     ReaderError, logged with its traceback), so one bad video cannot fail its shard.
     """
     try:
-        plan = plan_video(ref, cfg)
+        plan, dec = open_plan(ref, cfg)
     except Exception as exc:  # noqa: BLE001 - recorded as this video's failed row
-        err = exc if isinstance(exc, SampleError) else _unexpected(ref, exc)
-        yield VideoHeader(ref.video_id, [], [Failure.of_video(ref.video_id, err)])
+        err = exc if isinstance(exc, InputError) else _unexpected(ref, exc)
+        yield VideoHeader(ref.video_id, [], [Failure.of_video(ref.video_id, err)], cfg.chunk)
         return
-    yield VideoHeader(ref.video_id, [s.key for s in plan.segments], list(plan.failures))
-    done = 0
+    yield VideoHeader(ref.video_id, [s.key for s in plan.segments], list(plan.failures), cfg.chunk)
+    skip = start_chunk * cfg.chunk
+    items: list[SegmentData | Failure] = []
     try:
-        for item in read_segments(plan, cfg):
-            if isinstance(item, Failure):
-                yield item
-            else:
-                yield Next(item.segment.key)
-                yield item
-            done += 1
+        for item in read_segments(plan, cfg, dec, skip):
+            items.append(item)
+            if len(items) == cfg.chunk:
+                yield Chunk(ref.video_id, items)
+                skip, items = skip + len(items), []
     except Exception as exc:  # noqa: BLE001 - the rest of this video's samples fail, recorded
         err = _unexpected(ref, exc)
-        for s in plan.segments[done:]:
-            yield Failure(s.key, s.video_id, s.source, s.masklet_id, s.start, err)
+        items += [Failure.of_segment(s, err, Stage.READ) for s in plan.segments[skip + len(items):]]
+    for i in range(0, len(items), cfg.chunk):
+        yield Chunk(ref.video_id, items[i:i + cfg.chunk])
+
+
+def lost_keys(video_id: str, keys: Sequence[str] | None, reason: str) -> list[Failure]:
+    """Failures of the keys of a video whose reader process died on them every time it was retried
+    (a decoder that crashes on this video is a problem of the sample, not of the machine); ``keys``
+    None: the reader died before it planned the video (one row for the whole video)."""
+    err = ReaderCrashed(video_id, reason)
+    keys = [schema.video_failure_key(video_id)] if keys is None else keys
+    return [Failure(k, video_id, err.error_type, str(err), Stage.READ) for k in keys]
 
 
 def _unexpected(ref: VideoRef, exc: Exception) -> ReaderError:

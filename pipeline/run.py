@@ -179,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--compile): a restarted actor loads them instead of compiling again")
     r = p.add_argument_group("cluster")
     r.add_argument("--address", default=None,
-                   help="Ray address; default: the cluster of `ray job submit`/RAY_ADDRESS, else a new local one")
+                   help="Ray cluster to join: host:port, 'auto' (RAY_ADDRESS, else the cluster `ray start` "
+                        "recorded on this machine) or 'local' (always a new local cluster). Default: RAY_ADDRESS "
+                        "when set (as under `ray job submit`), else a new local cluster: a cluster left running "
+                        "by another session is never joined by accident. A dead address fails in seconds (exit 2)")
     r.add_argument("--num-actors", type=positive, default=None,
                    help="matter actors; default one per GPU, else --cpu-actors")
     r.add_argument("--cpu-actors", type=positive, default=1, help="matter actors when the cluster has no GPU")
@@ -192,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restarts of a crashed actor (and retries of its batch), e.g. after a GPU error")
     r.add_argument("--writers", type=positive, default=None,
                    help="shard writer actors (default: one per 4 matter actors)")
+    r.add_argument("--stall-timeout", type=positive, default=180,
+                   help="end the run (exit 1, saying what it waits for, lease released) when nothing progresses "
+                        "for this many seconds while no matter actor is busy, e.g. a lost node took the last GPU")
+    r.add_argument("--shard-retries", type=non_negative, default=2,
+                   help="times a shard that lost data (its reader's or writer's node died) is redone in the same "
+                        "run before it is reported failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", help="logging level")
     return p
@@ -239,7 +248,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
     resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
                                num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
                                read_ahead=args.read_ahead, queue_depth=args.queue_depth,
-                               max_restarts=args.max_restarts, writers=args.writers)
+                               max_restarts=args.max_restarts, writers=args.writers,
+                               stall_timeout=args.stall_timeout, shard_retries=args.shard_retries)
     return JobConfig(
         split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,
         reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, backend=args.backend),
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args, parser)
     try:
         result, plans = run_job(cfg)
-    except (JobError, FileNotFoundError, ValueError) as exc:
+    except JobError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     path = write_run_json(cfg, result, len(plans))

@@ -50,7 +50,22 @@ class Decoder(Protocol):
 
     def get(self, indices: Sequence[int]) -> np.ndarray: ...
 
+    def set_rotation(self, rotation: int | None) -> None:
+        """Turn the coded pictures by ``rotation`` from now on (None: the display rotation)."""
+
     def close(self) -> None: ...
+
+
+class _Rotation:
+    """``set_rotation`` for decoders that know their coded size (``_coded``) and display rotation."""
+
+    _coded: tuple[int, int]
+    display_rotation: int
+
+    def set_rotation(self, rotation: int | None) -> None:
+        _check_rotation(getattr(self, "url", ""), rotation)
+        self.rotation = self.display_rotation if rotation is None else rotation
+        self.height, self.width = rotated_size(*self._coded, self.rotation)
 
 
 def _check_complete(url: str, readable: int, declared: int) -> None:
@@ -166,7 +181,7 @@ def _probe(url: str, source) -> tuple[int, int, int, int]:
         raise VideoCorrupt(url, f"cannot open video: {e}") from e
 
 
-class DecordDecoder:
+class DecordDecoder(_Rotation):
     """decord.VideoReader with seeks; ``get_batch`` on sorted unique indices.
 
     decord 0.6.0 applies the display rotation itself (a ``transpose`` filter before RGB conversion);
@@ -185,9 +200,9 @@ class DecordDecoder:
         else:
             path = sav.url_fs(url)[1]
         ch, cw, declared, self.display_rotation = _probe(url, path)
-        self.rotation = self.display_rotation if rotation is None else rotation
+        self._coded = (ch, cw)
         self._decord_size = rotated_size(ch, cw, self.display_rotation)  # decord's own output
-        self.height, self.width = rotated_size(ch, cw, self.rotation)
+        self.set_rotation(rotation)
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
         except (decord.DECORDError, RuntimeError) as e:
@@ -231,7 +246,7 @@ class DecordDecoder:
             self._copy = None
 
 
-class PyAVDecoder:
+class PyAVDecoder(_Rotation):
     """PyAV streaming decoder with a packet index (frame number <-> pts, keyframes).
 
     The index is built once by demuxing (no decoding; the first frame is decoded once to read the
@@ -287,8 +302,7 @@ class PyAVDecoder:
         except av.FFmpegError as e:
             self.close()
             raise VideoCorrupt(url, f"cannot seek to the first frame: {e}") from e
-        self.rotation = self.display_rotation if rotation is None else rotation
-        self.height, self.width = rotated_size(*self._coded, self.rotation)
+        self.set_rotation(rotation)
         self._it = None
         self._pos = None  # index of the next frame the iterator yields
 
@@ -344,7 +358,7 @@ class PyAVDecoder:
             self._file = None
 
 
-class FrameFolderDecoder:
+class FrameFolderDecoder(_Rotation):
     """A folder of JPEG frames (``%05d.jpg``) read as a video; frame i is the i-th file by name."""
 
     def __init__(self, url: str, fps: float = sav.VIDEO_FPS, rotation: int | None = None):
@@ -355,9 +369,8 @@ class FrameFolderDecoder:
         self.num_frames = len(self._files)
         self.fps = float(fps)
         self.display_rotation = 0   # JPEG frames are stored as shown (EXIF orientation is not read)
-        self.rotation = rotation or 0
         self._coded = self._read(0).shape[:2]
-        self.height, self.width = rotated_size(*self._coded, self.rotation)
+        self.set_rotation(rotation or 0)
 
     def _read(self, i: int) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError

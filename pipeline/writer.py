@@ -26,16 +26,19 @@ from mava import schema
 from mava.folder import SplitDir
 from mava.schema import Col
 from pipeline.encode import EncodedSample, segment_columns
-from pipeline.errors import Failure
+from pipeline.protocol import Failure, Stage
 
 log = logging.getLogger(__name__)
 
 
 def failure_row(f: Failure) -> dict:
     """Manifest row of a sample (or a whole video) that failed: the only place rows of failures are made."""
-    row = segment_columns(f.segment) if f.segment is not None else {
-        Col.KEY: f.key, Col.VIDEO_ID: f.video_id, Col.SOURCE: f.source, Col.MASKLET_ID: f.masklet_id,
-        Col.START: f.start}
+    if f.segment is not None:
+        row = segment_columns(f.segment)
+    else:
+        ids = f.ids()
+        row = {Col.KEY: f.key, Col.VIDEO_ID: f.video_id, Col.SOURCE: ids["source"],
+               Col.MASKLET_ID: ids["masklet_id"], Col.START: ids["start"]}
     return row | {Col.STATUS: schema.STATUS_FAILED, Col.ERROR_TYPE: f.error_type, Col.ERROR: f.message,
                   Col.MATTER: f.matter}
 
@@ -51,7 +54,15 @@ def manifest_table(rows: Iterable[dict]) -> pa.Table:
 
 
 class ShardIncomplete(RuntimeError):
-    """A shard that must not be marked done (a system failure, or too many matter failures)."""
+    """A shard that must not be marked done: ``system`` when samples were lost to system failures (the
+    shard may be redone), else the matter failed on too many of its samples."""
+
+    def __init__(self, message: str, system: bool = False):
+        super().__init__(message)
+        self.system = system
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (type(self), (str(self), self.system))
 
 
 @dataclass
@@ -153,13 +164,13 @@ class ShardWriter:
     def _check_complete(self) -> None:
         if self._system:
             raise ShardIncomplete(f"shard {self.name}: {len(self._system)} sample(s) lost to system failures, "
-                                  f"e.g. {self._system[0]}")
+                                  f"e.g. {self._system[0]}", system=True)
         if self.max_matter_failures is None:
             return
-        matter_failed = sum(f.stage == "matter" for f in self._failures.values())
+        matter_failed = sum(f.stage is Stage.MATTER for f in self._failures.values())
         sent = matter_failed + len(self._samples)
         if sent and matter_failed / sent > self.max_matter_failures:
-            kinds = collections.Counter(f.error_type for f in self._failures.values() if f.stage == "matter")
+            kinds = collections.Counter(f.error_type for f in self._failures.values() if f.stage is Stage.MATTER)
             raise ShardIncomplete(
                 f"shard {self.name}: the matter failed on {matter_failed} of {sent} samples "
                 f"({dict(kinds)}), more than --max-matter-failures {self.max_matter_failures:g}: not marked done")

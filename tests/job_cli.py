@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from mava import schema
-from pipeline.errors import SampleError
+from pipeline.errors import InputError
 from pipeline.reader import ReaderConfig, list_videos, plan_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def planned_keys(split_dir: Path, masklets: str = "manual") -> set[str]:
     for ref in list_videos(str(split_dir)):
         try:
             plan = plan_video(ref, ReaderConfig(masklets=masklets))
-        except SampleError:
+        except InputError:
             keys.add(schema.video_failure_key(ref.video_id))
             continue
         keys |= {s.key for s in plan.segments} | {f.key for f in plan.failures}

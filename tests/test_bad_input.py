@@ -17,7 +17,8 @@ from pipeline.errors import (
     AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, RleSizeMismatch,
     UnsafeId, VideoCorrupt, VideoMissing,
 )
-from pipeline.reader import Failure, ReaderConfig, list_videos, plan_video, read_segments
+from pipeline.protocol import Failure
+from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 
 BAD = "sav_000002"
 

@@ -105,7 +105,7 @@ def _expected(split, cfg) -> dict:
     """What the reader plans, counted directly from plan_video (the job's planning step)."""
     from collections import Counter
 
-    from pipeline.errors import EmptyMasklet, SampleError
+    from pipeline.errors import EmptyMasklet, InputError
     from pipeline.reader import list_videos, plan_video
 
     exp = {"videos": 0, "failed_videos": 0, "segments": 0, "segment_frames": 0, "span_frames": 0,
@@ -115,7 +115,7 @@ def _expected(split, cfg) -> dict:
         exp["videos"] += 1
         try:
             plan = plan_video(ref, cfg)
-        except SampleError as e:
+        except InputError as e:
             exp["failed_videos"] += 1
             exp["video_errors"][type(e).__name__] += 1
             continue

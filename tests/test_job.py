@@ -243,7 +243,8 @@ def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
     """read_video (the Ray reader task body) never raises: a reader bug becomes failed rows."""
     import dataclasses
 
-    from pipeline.reader import Failure, Next, VideoHeader, read_video
+    from pipeline.protocol import Chunk, Failure, VideoHeader
+    from pipeline.reader import read_video
     from pipeline.writer import failure_row
 
     ref = list_videos(str(synth_split))[0]
@@ -254,16 +255,19 @@ def test_reader_stream_turns_unexpected_errors_into_rows(synth_split):
     assert row["key"] == schema.video_failure_key(ref.video_id) and row["status"] == "failed"
     assert row["error_type"] == "ReaderError" and "Error" in row["error"]
 
-    good = list(read_video(ref, ReaderConfig()))
-    assert isinstance(good[0], VideoHeader) and len(good) == 1 + 2 * len(good[0].keys)
-    assert not any(isinstance(i, Failure) for i in good[1:])
-    assert [i.key for i in good[1::2]] == good[0].keys and all(isinstance(i, Next) for i in good[1::2])
-    assert [i.segment.key for i in good[2::2]] == good[0].keys
+    cfg = ReaderConfig(chunk=3)
+    good = list(read_video(ref, cfg))
+    header, chunks = good[0], good[1:]
+    assert isinstance(header, VideoHeader) and all(isinstance(c, Chunk) for c in chunks)
+    assert [c.keys for c in chunks] == header.chunks() and sum(header.chunks(), []) == header.keys
+    assert all(len(c.items) == 3 for c in chunks[:-1]) and not any(isinstance(i, Failure) for c in chunks for i in c.items)
+    resumed = list(read_video(ref, cfg, start_chunk=2))   # a stream resumed after its reader died
+    assert resumed[0] == header and [c.keys for c in resumed[1:]] == header.chunks()[2:]
 
 
 def test_encode_turns_a_wrong_matte_into_a_row(synth_split):
     from pipeline.reader import read_segments
-    from pipeline.encode import EncodedSample, encode
+    from pipeline.encode import EncodedSample, encode_one as encode
     from pipeline.writer import failure_row
 
     cfg = ReaderConfig()

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from pipeline import synth
-from pipeline.reader import Failure, ReaderConfig, list_videos, plan_video, read_segments
+from pipeline.protocol import Failure
+from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 
 BACKENDS = ["decord", "pyav"]
 

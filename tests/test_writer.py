@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from mava import schema
 from pipeline import plan as planning
 from pipeline.segments import Segment, SegmentData
-from pipeline.errors import Failure
+from pipeline.protocol import Failure, Stage
 from pipeline.encode import encode_sample
 from pipeline.writer import write_shard
 
@@ -44,8 +44,7 @@ def _rgb(data: bytes) -> np.ndarray:
 def _write(tmp_path, order=(0, 1, 2), frames="jpg"):
     items = [_sample("vid_b", 1, 0), _sample("vid_a", 2, 12), _sample("vid_a", 0, 0)]
     encoded = [encode_sample(items[i][0], items[i][1], "mask", frames) for i in order]
-    fail = Failure(schema.video_failure_key("vid_c"), "vid_c", error_type="VideoMissing",
-                   message="vid_c.mp4: no such file")
+    fail = Failure(schema.video_failure_key("vid_c"), "vid_c", "VideoMissing", "vid_c.mp4: no such file", Stage.PLAN)
     marker = write_shard(str(tmp_path / "sav_x"), "sav_x", 3, encoded, [fail])
     return items, marker
 
@@ -151,7 +150,7 @@ def test_plan_and_select(tmp_path):
     out = str(tmp_path / "s")
     d, a = _sample("v0", 1, 0)
     write_shard(out, "s", 0, [encode_sample(d, a, "mask")], [], extra={schema.MARKER_VIDEOS: ["v0", "v1"]})
-    write_shard(out, "s", 1, [], [Failure("v2_video", "v2", error_type="VideoMissing", message="gone")],
+    write_shard(out, "s", 1, [], [Failure("v2_video", "v2", "VideoMissing", "gone", Stage.PLAN)],
                 extra={schema.MARKER_VIDEOS: ["v2", "v3"]})
     sel = planning.select_shards(plans, out, "s")
     assert [p.index for p in sel.run] == [2] and [p.index for p in sel.skip] == [0, 1]
