@@ -16,7 +16,10 @@ from mava import schema
 
 
 def output_option(default, why: str = ""):
-    """A config field that changes the bytes a matter writes: it joins the shard fingerprint."""
+    """A config field that changes the bytes a matter writes: it joins the shard fingerprint. A
+    callable ``default`` is a default factory (e.g. ``dict``)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"fingerprint": True, "why": why})
     return field(default=default, metadata={"fingerprint": True, "why": why})
 
 
@@ -86,6 +89,8 @@ class MatterConfig:
     compile_backend: str = runtime_option("inductor", "torch.compile backend: inductor | aot_eager | eager")
     compile_cache: str = runtime_option("", "compiled artefacts shared by actors and restarts: a folder "
                                             "(inductor cache + artefact blobs) or an fsspec URL (blobs)")
+    extra: dict = output_option(dict, "options of a custom matter (--matter-option KEY=VALUE, values as strings); "
+                                      "fingerprinted only for matters whose ``reads`` lists 'extra'")
 
 
 def is_classified(f) -> bool:
@@ -132,7 +137,8 @@ class MatterBase:
 
     name = "base"
     deterministic = True
-    #: MatterConfig output options this matter reads (None: all of them); only these join its fingerprint
+    #: MatterConfig output options this matter reads (None: all of them but ``extra``); only these join
+    #: its fingerprint
     reads: tuple[str, ...] | None = None
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -168,7 +174,7 @@ class MatterBase:
     def resolved_options(self) -> dict:
         """Output options with ``auto`` values resolved (override where the config says ``auto``)."""
         cfg = getattr(self, "cfg", None) or MatterConfig()
-        names = output_fields() if self.reads is None else self.reads
+        names = tuple(n for n in output_fields() if n != "extra") if self.reads is None else self.reads
         return {n: getattr(cfg, n) for n in names}
 
     def constants(self) -> dict:

@@ -62,6 +62,7 @@ class ResourceConfig:
     writers: int | None = None        # shard writer actors (default: one per 4 matter actors)
     stall_timeout: float = 180.0      # end the run when nothing progresses for this long
     shard_retries: int = 2            # times a shard that lost data is redone in the same run
+    writer_resource: str | None = None  # custom resource a node must declare to hold shard writers
 
 
 @dataclass
@@ -374,7 +375,8 @@ class _Loop:
             num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts,
             _generator_backpressure_num_objects=res.queue_depth + 2)
         self.encode_task = ray.remote(steps.encode).options(num_cpus=res.encode_cpus, max_retries=res.max_restarts)
-        self.pool_cls = ray.remote(WriterPool).options(num_cpus=0, max_restarts=0)
+        self.pool_cls = ray.remote(WriterPool).options(
+            num_cpus=0, max_restarts=0, resources={res.writer_resource: 0.001} if res.writer_resource else None)
         n_writers = min(res.writers or max(1, math.ceil(n / 4)), max(1, len(tasks)))
         self.writers = [_Writer(self.pool_cls.remote(steps.writer)) for _ in range(n_writers)]
         self.pending: collections.deque[_Shard] = collections.deque()

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("matter")
     m.add_argument("--matter", default="videomama",
                    help=f"matter name ({', '.join(available_matters())}) or 'module:Factory'")
+    m.add_argument("--matter-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="an option of a custom matter (repeatable), e.g. --matter-option delay=0.5")
     m.add_argument("--checkpoint", default=None, help="VideoMaMa checkpoint folder (holds unet/)")
     m.add_argument("--base-model", default=None, help="Stable Video Diffusion base folder (holds vae/)")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -195,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restarts of a crashed actor (and retries of its batch), e.g. after a GPU error")
     r.add_argument("--writers", type=positive, default=None,
                    help="shard writer actors (default: one per 4 matter actors)")
+    r.add_argument("--writer-resource", default=None, metavar="NAME",
+                   help="place shard writers only on nodes that declare this custom Ray resource (e.g. nodes with "
+                        "local disk for the spill files); default: anywhere")
     r.add_argument("--stall-timeout", type=positive, default=180,
                    help="end the run (exit 1, saying what it waits for, lease released) when nothing progresses "
                         "for this many seconds while no matter actor is busy, e.g. a lost node took the last GPU")
@@ -212,6 +217,13 @@ def _preset_note(name: str) -> str:
     release = MATTER_PRESETS["release"].get(name, default)
     default, release = ("none" if v is None else v for v in (default, release))
     return f"(default: {default}; release: {release})"
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key.strip(), value
 
 
 def _mask_threshold(text: str) -> int | None:
@@ -238,7 +250,8 @@ def matter_config_from_args(args: argparse.Namespace) -> MatterConfig:
                          cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
                          pin_memory=args.pin_memory, fused_group_norm=args.fused_group_norm,
                          shape_buckets=args.shape_buckets, pad_batch=args.pad_batch,
-                         compile_backend=args.compile_backend, compile_cache=args.compile_cache, **explicit)
+                         compile_backend=args.compile_backend, compile_cache=args.compile_cache,
+                         extra=dict(args.matter_option), **explicit)
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> JobConfig:
@@ -249,7 +262,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
                                num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
                                read_ahead=args.read_ahead, queue_depth=args.queue_depth,
                                max_restarts=args.max_restarts, writers=args.writers,
-                               stall_timeout=args.stall_timeout, shard_retries=args.shard_retries)
+                               stall_timeout=args.stall_timeout, shard_retries=args.shard_retries,
+                               writer_resource=args.writer_resource)
     return JobConfig(
         split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,
         reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, backend=args.backend),

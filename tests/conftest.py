@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Ray on loopback only (its default binds the machine's address): every test's Ray traffic stays here;
+# set before anything imports ray, inherited by the job subprocesses and Ray's own processes
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
 

@@ -17,7 +17,7 @@ class SlowMaskMatter(MatterBase):
     name = "slow-mask"
 
     def __init__(self, config: MatterConfig):
-        self.delay = float(os.environ.get("MAVA_TEST_DELAY", "0.3"))
+        self.delay = float(config.extra.get("delay", 0.3))
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         time.sleep(self.delay)
@@ -30,7 +30,7 @@ class DieOnceMatter(MatterBase):
     name = "die-once"
 
     def __init__(self, config: MatterConfig):
-        self.marker = Path(os.environ["MAVA_TEST_DIE_MARKER"])
+        self.marker = Path(config.extra["marker"])
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         if not self.marker.exists():
@@ -83,7 +83,7 @@ class OomOnceMatter(MatterBase):
     name = "oom-once"
 
     def __init__(self, config: MatterConfig):
-        self.marker = Path(os.environ["MAVA_TEST_OOM_MARKER"])
+        self.marker = Path(config.extra["marker"])
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         if not self.marker.exists():

@@ -143,7 +143,7 @@ def test_fake_gpus_one_actor_each(synth_split, tmp_path):
 def test_actor_death_is_retried(synth_split, mask_run, tmp_path):
     marker = tmp_path / "died"
     res = run_cli(synth_split.parent, tmp_path / "out", "--matter", "tests.matters_for_tests:DieOnceMatter",
-                  env={"MAVA_TEST_DIE_MARKER": str(marker)})
+                  "--matter-option", f"marker={marker}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert marker.exists(), "the injected death never happened"
     died_pid = int(marker.read_text())
@@ -175,10 +175,9 @@ def test_matter_exception_is_a_failed_row(synth_split, tmp_path):
 
 
 def test_sigkill_then_resume_is_byte_identical(synth_split, tmp_path):
-    env = {"MAVA_TEST_DELAY": "0.4"}
-    matter = ("--matter", "tests.matters_for_tests:SlowMaskMatter")
+    matter = ("--matter", "tests.matters_for_tests:SlowMaskMatter", "--matter-option", "delay=0.4")
     ref = tmp_path / "ref"
-    assert run_cli(synth_split.parent, ref, *matter, env=env).returncode == 0
+    assert run_cli(synth_split.parent, ref, *matter).returncode == 0
     n_shards = len(list((ref / SPLIT / "done").glob("*.json")))
     assert n_shards >= 2
 
@@ -186,7 +185,7 @@ def test_sigkill_then_resume_is_byte_identical(synth_split, tmp_path):
     cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(synth_split.parent),
            "--out", str(out), "--address", "local", "--num-cpus", "2", "--no-progress",
            "--videos-per-shard", "1", *matter]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, start_new_session=True,
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = out / SPLIT / "done"
     deadline = time.time() + 180
@@ -204,7 +203,7 @@ def test_sigkill_then_resume_is_byte_identical(synth_split, tmp_path):
     assert 1 <= len(finished) < n_shards, f"kill came too late or too early: {finished}"
     stamps = {p.name: p.stat().st_mtime_ns for p in done_dir.glob("*.json")}
 
-    res = run_cli(synth_split.parent, out, *matter, env=env)
+    res = run_cli(synth_split.parent, out, *matter)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / SPLIT / schema.RUN_JSON).read_text())["summary"]
     assert summary["shards_skipped"] == len(finished)

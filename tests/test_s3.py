@@ -248,7 +248,7 @@ def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
     split = f"{out}/sav_train"
     done = f"{BUCKET}/out_killed/sav_train/done"
     slow = "tests.matters_for_tests:SlowMaskMatter"  # alpha = mask after a sleep: time to kill mid-run
-    proc = _job(env | {"MAVA_TEST_DELAY": "0.5"}, "--read-ahead", "1", data=data, out=out, popen=True, matter=slow)
+    proc = _job(env, "--read-ahead", "1", "--matter-option", "delay=0.5", data=data, out=out, popen=True, matter=slow)
     try:
         for _ in range(1200):  # bounded: 120 s
             fs.invalidate_cache()
@@ -283,7 +283,7 @@ def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
     assert sorted(r["key"] for r in RandomAccessClips(split, ClipConfig(fields=("alpha",))).rows) == want
     etags = {p: fs.info(p)["ETag"] for p in fs.find(f"{BUCKET}/out_killed/sav_train")
              if any(s in p for s in finished) and not p.endswith(schema.TMP_SUFFIX)}
-    res = _job(env | {"MAVA_TEST_DELAY": "0"}, data=data, out=out, matter=slow)
+    res = _job(env, "--matter-option", "delay=0", data=data, out=out, matter=slow)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(finished)} skipped" in res.stdout
     assert main(["verify", split, "--no-progress"]) == 0

@@ -94,7 +94,7 @@ def test_cuda_errors_fail_the_run_and_leave_nothing_done(synth_split, tmp_path):
 def test_a_passing_cuda_error_is_retried_on_a_fresh_actor(synth_split, reference, tmp_path):
     marker = tmp_path / "oom-once"
     res = run_cli(synth_split.parent, tmp_path / "out", "--matter", "tests.matters_for_tests:OomOnceMatter",
-                  env={"MAVA_TEST_OOM_MARKER": str(marker)})
+                  "--matter-option", f"marker={marker}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert marker.exists() and "system error in matter" in res.stderr
     run = json.loads((tmp_path / "out" / SPLIT / schema.RUN_JSON).read_text())
@@ -177,8 +177,8 @@ def test_a_second_run_on_the_same_output_refuses(synth_split, reference, tmp_pat
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(synth_split.parent),
            "--out", str(out), "--address", "local", "--num-cpus", "2", "--no-progress", "--videos-per-shard", "1",
-           "--matter", "tests.matters_for_tests:SlowMaskMatter"]
-    first = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "MAVA_TEST_DELAY": "0.5"},
+           "--matter", "tests.matters_for_tests:SlowMaskMatter", "--matter-option", "delay=0.5"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lease = out / SPLIT / schema.LEASE_JSON
     deadline = time.time() + 120
