@@ -6,27 +6,39 @@ batched method, ``refine_batch_uint8(clips, keys)`` (see :class:`Matter`).
 
 from __future__ import annotations
 
+import argparse
 import importlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from mava import schema
+from models.options import int_at_least, is_classified, output_option, runtime_option  # noqa: F401 (API)
+from models.options import output_fields as _output_fields
 
 
-def output_option(default, why: str = ""):
-    """A config field that changes the bytes a matter writes: it joins the shard fingerprint. A
-    callable ``default`` is a default factory (e.g. ``dict``)."""
-    if callable(default):
-        return field(default_factory=default, metadata={"fingerprint": True, "why": why})
-    return field(default=default, metadata={"fingerprint": True, "why": why})
+def _long_side(text: str) -> int:
+    v = int_at_least(64)(text)
+    if v % 64:
+        raise argparse.ArgumentTypeError(f"{v} is not a multiple of 64 (the model's latent grid)")
+    return v
 
 
-def runtime_option(default, why: str = ""):
-    """A config field that changes speed, memory or placement, not the mattes beyond float rounding
-    (or whose effect is identified otherwise, e.g. by the weights' sha256): recorded, not fingerprinted."""
-    return field(default=default, metadata={"fingerprint": False, "why": why})
+def _mask_threshold(text: str) -> int | None:
+    """'none' or an integer 0..254."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'none' or 0..254, got {text!r}") from None
+    if not 0 <= value <= 254:
+        raise argparse.ArgumentTypeError(f"must be 'none' or 0..254, got {value}")
+    return value
+
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -35,72 +47,79 @@ class MatterConfig:
 
     Every field is classified with :func:`output_option` or :func:`runtime_option` (a test enforces it):
     output options join the fingerprint that decides whether a finished shard may be kept on a rerun.
+    Each field's metadata is also its ``python -m pipeline.run`` flag.
     """
 
-    checkpoint: str | None = runtime_option(None, "VideoMaMa checkpoint folder (holds unet/); "
-                                                  "identified by weights_sha256")
-    base_model: str | None = runtime_option(None, "SVD base folder (holds vae/); identified by weights_sha256")
-    device: str = runtime_option("auto", "auto | cpu | cuda | cuda:N; the resolved dtype is fingerprinted")
-    dtype: str = output_option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU); "
-                                       "fingerprinted resolved")
+    checkpoint: str | None = runtime_option(None, "VideoMaMa checkpoint folder (holds unet/); identified by "
+                                                  "weights_sha256")
+    base_model: str | None = runtime_option(None, "Stable Video Diffusion base folder (holds vae/); identified "
+                                                  "by weights_sha256")
+    device: str = runtime_option("auto", "auto, cpu, cuda or cuda:N; the resolved dtype is fingerprinted")
+    dtype: str = output_option("auto", "UNet dtype; auto = bf16 on GPU, fp32 on CPU (fingerprinted resolved)",
+                               choices=DTYPES)
     seed: int = output_option(0, "noise seed: same seed, same mattes")
-    long_side: int = output_option(1024, "model resolution: long side, both sides multiples of 64")
-    segment_len: int = output_option(12, "short segments are padded to this for the model")
-    batch_size: int = runtime_option(1, "segments per forward pass (may move a rare pixel by one 8-bit step)")
-    decode_chunk: int = output_option(8, "VAE decode chunk (frames): the temporal decoder mixes frames only "
-                                         "inside a chunk; 8 = the release (8 then 4 for 12 frames); 12 = one "
-                                         "chunk per segment, a deviation from the release")
-    compile: bool = runtime_option(False, "torch.compile the model parts")
-    posterior: str = output_option("sample", "VAE posterior for the condition latents: sample (seeded, as "
-                                             "released) | mode")
+    long_side: int = output_option(1024, "model resolution: long side in pixels (both sides multiples of 64)",
+                                   parse=_long_side)
+    segment_len: int = output_option(12, "short segments are padded to this for the model (the reader's "
+                                         "--segment-len)", flag=False)
+    batch_size: int = runtime_option(1, "segments per forward pass (may move a rare pixel by one 8-bit step)",
+                                     parse=int_at_least(1))
+    decode_chunk: int = output_option(8, "VAE decode chunk in frames; the temporal decoder mixes frames only "
+                                         "inside a chunk, so this changes the mattes: 8 = the release (8 then 4 "
+                                         "for 12 frames); 12 or 0 (whole segment) deviate from it",
+                                      parse=int_at_least(0))
+    compile: bool = runtime_option(False, "torch.compile the model parts (slow first batch)")
+    posterior: str = output_option("sample", "VAE posterior of the condition latents: seeded sample (as "
+                                             "released) or mode", choices=("sample", "mode"))
     encode_chunk: int = runtime_option(0, "VAE encode chunk (images per call); 0 = all frames+masks of a "
-                                          "batch at once (the encoder is per frame)")
-    compile_mode: str = runtime_option("default", "torch.compile mode: default | reduce-overhead | "
-                                                  "max-autotune | max-autotune-no-cudagraphs")
+                                          "batch at once (the encoder is per frame)", parse=int_at_least(0))
+    compile_mode: str = runtime_option("default", "torch.compile mode (with --compile)",
+                                       choices=("default", "reduce-overhead", "max-autotune",
+                                                "max-autotune-no-cudagraphs"))
     compile_parts: str = runtime_option("unet,encoder,decoder", "which parts --compile wraps (comma list)")
     cudnn_benchmark: bool = runtime_option(False, "torch.backends.cudnn.benchmark on CUDA (cuDNN autotuning)")
     channels_last: bool = runtime_option(False, "channels-last VAE end to end (Conv2d channels_last, Conv3d "
                                                 "channels_last_3d: the temporal blocks' permutes stay views)")
-    pin_memory: bool = runtime_option(False, "pinned host buffers + non_blocking uploads (CUDA only)")
-    resize: str = output_option("keep-aspect", "keep-aspect (long side long_side, sides snapped to 64) | "
-                                               "stretch (every clip to long_side x long_side*9/16, sides snapped "
-                                               "to 64: the release CLI's 1024x576 at long_side 1024)")
-    resample: str = output_option("torch", "torch (float bilinear, antialiased, on the model's device) | pil "
-                                           "(the release: PIL bilinear on uint8 on the host; mattes made 8-bit "
-                                           "at model size, then PIL bilinear to the source size as its demo)")
-    mask_threshold: int | None = output_option(None, "binarise the resized mask: on the 0..255 scale, > N is "
-                                                     "foreground (the release CLI: 127); None keeps it soft "
-                                                     "(the release demo and training)")
-    vae_dtype: str = output_option("auto", "auto | fp32 | bf16 | fp16: auto = dtype, but fp32 when dtype is fp16 "
-                                           "and the VAE config says force_upcast; the release runs the VAE in "
-                                           "fp16 (it ignores force_upcast); fingerprinted resolved")
-    alpha_8bit: str = output_option("round", "round | truncate: alpha -> 8 bits; the release truncates "
-                                             "(ToPILImage: mul(255).byte()); we round (deliberate)")
-    alpha_precision: str = output_option("fp32", "fp32 | vae: dtype of the alpha map after decoding ((x/2+0.5), "
-                                                 "clamp, RGB mean, x255): fp32 (ours) or the VAE's dtype, as the "
-                                                 "release (fp16 there)")
+    pin_memory: bool = runtime_option(False, "pinned host buffers + non-blocking uploads (CUDA only)")
+    resize: str = output_option("keep-aspect", "keep-aspect: long side --long-side, sides snapped to 64; "
+                                               "stretch: every clip to --long-side x --long-side*9/16, sides "
+                                               "snapped to 64 (the release CLI's 1024x576), aspect not kept",
+                                choices=("keep-aspect", "stretch"))
+    resample: str = output_option("torch", "torch: float bilinear (antialiased) on the model's device; pil: PIL "
+                                           "bilinear on uint8 on the host, mattes 8-bit at model size then PIL "
+                                           "back to the source size (the release)", choices=("torch", "pil"))
+    mask_threshold: int | None = output_option(None, "binarise the resized mask (0..255 scale, > N is "
+                                                     "foreground) as the release CLI does at 127, or 'none' to keep "
+                                                     "it soft as its demo and training", parse=_mask_threshold,
+                                               metavar="{none,0..254}")
+    vae_dtype: str = output_option("auto", "VAE dtype; auto = --dtype, but fp32 when that is fp16 and the VAE "
+                                           "config asks for upcasting (the release runs it in fp16 regardless); "
+                                           "fingerprinted resolved", choices=DTYPES)
+    alpha_8bit: str = output_option("round", "alpha to 8 bits: round (ours), or truncate as the release "
+                                             "(ToPILImage: mul(255).byte())", choices=("round", "truncate"))
+    alpha_precision: str = output_option("fp32", "dtype of the alpha map after decoding (x/2+0.5, clamp, RGB "
+                                                 "mean, x255): fp32 (ours), or the VAE's dtype as the release "
+                                                 "(fp16 there)", choices=("fp32", "vae"))
     fused_group_norm: bool = runtime_option(False, "VAE GroupNorm(+SiLU) as split-reduction Triton kernels on CUDA "
-                                                   "(torch elsewhere); keeps channels-last in place")
+                                                   "(torch elsewhere); speed only, within float rounding")
     shape_buckets: str = output_option("", "model sizes WxH (multiples of 64, comma list) or 'auto' (16:9, 9:16, "
-                                           "4:3, 3:4, 1:1 at long_side): each clip is stretched to the bucket "
-                                           "nearest its aspect, so compile sees few shapes; '' = aspect kept")
-    pad_batch: bool = runtime_option(False, "pad a smaller last batch to batch_size with repeated segments "
-                                            "(outputs dropped): one batch shape per bucket for compile")
-    compile_backend: str = runtime_option("inductor", "torch.compile backend: inductor | aot_eager | eager")
-    compile_cache: str = runtime_option("", "compiled artefacts shared by actors and restarts: a folder "
-                                            "(inductor cache + artefact blobs) or an fsspec URL (blobs)")
+                                           "4:3, 3:4, 1:1 at --long-side): each clip is stretched to the bucket "
+                                           "nearest its aspect, so --compile sees few shapes; '' keeps each "
+                                           "clip's aspect")
+    pad_batch: bool = runtime_option(False, "pad a smaller last batch to --batch-size with repeated segments "
+                                            "(outputs dropped): one compiled batch shape per bucket")
+    compile_backend: str = runtime_option("inductor", "torch.compile backend (with --compile)",
+                                          choices=("inductor", "aot_eager", "eager"))
+    compile_cache: str = runtime_option("", "folder or fsspec URL shared by every actor and restart for "
+                                            "compiled artefacts (with --compile): a restarted actor loads them "
+                                            "instead of compiling again")
     extra: dict = output_option(dict, "options of a custom matter (--matter-option KEY=VALUE, values as strings); "
-                                      "fingerprinted only for matters whose ``reads`` lists 'extra'")
-
-
-def is_classified(f) -> bool:
-    """True when a dataclass field says whether it changes output (``fingerprint`` metadata)."""
-    return isinstance(f.metadata.get("fingerprint"), bool)
+                                      "fingerprinted only for matters whose ``reads`` lists 'extra'", flag=False)
 
 
 def output_fields(cls=MatterConfig) -> tuple[str, ...]:
     """Names of the fields of a config dataclass that change output bytes."""
-    return tuple(f.name for f in fields(cls) if f.metadata.get("fingerprint"))
+    return _output_fields(cls)
 
 
 Clip = tuple[np.ndarray, np.ndarray]   # (frames uint8[T,H,W,3], masks bool[T,H,W])

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import ray
 from tqdm import tqdm
 
+from models.options import int_at_least, number_at_least, option
 from pipeline.protocol import BatchDone, Steps, VideoHeader
 
 log = logging.getLogger(__name__)
@@ -45,24 +46,38 @@ WRITER_PING_PERIOD_S = 5.0
 
 @dataclass
 class ResourceConfig:
-    """Where things run, how far ahead readers go, and how faults are bounded."""
+    """Where things run, how far ahead readers go, and how faults are bounded (each field is a flag)."""
 
-    address: str | None = None        # Ray address; None: RAY_ADDRESS (ray job submit) else a new local cluster
-    num_actors: int | None = None     # default: one per GPU in the cluster, else cpu_actors
-    cpu_actors: int = 1               # actors when the cluster has no GPU
-    num_gpus: int | None = None       # local cluster only: GPUs to declare (fake ones are fine for tests)
-    num_cpus: int | None = None       # local cluster only
-    dashboard: bool = False           # local cluster only: start the Ray dashboard
-    actor_cpus: float | None = None   # CPUs reserved per actor (default: 1 for CPU actors, 0.5 for GPU actors)
-    reader_cpus: float = 0.5          # CPUs per reader task
-    encode_cpus: float = 0.25         # CPUs per encode task
-    read_ahead: int = 2               # videos read at once, per actor
-    queue_depth: int = 2              # chunks queued per actor
-    max_restarts: int = 3             # actor restarts, task retries and chunk resends after a crash
-    writers: int | None = None        # shard writer actors (default: one per 4 matter actors)
-    stall_timeout: float = 180.0      # end the run when nothing progresses for this long
-    shard_retries: int = 2            # times a shard that lost data is redone in the same run
-    writer_resource: str | None = None  # custom resource a node must declare to hold shard writers
+    address: str | None = option(None, "Ray cluster to join: host:port, 'auto' (RAY_ADDRESS, else the cluster "
+                                       "`ray start` recorded on this machine) or 'local' (always a new local "
+                                       "cluster). Default: RAY_ADDRESS when set (as under `ray job submit`), else a "
+                                       "new local cluster: a cluster left running by another session is never "
+                                       "joined by accident. A dead address fails in seconds (exit 2)")
+    num_actors: int | None = option(None, "matter actors; default one per GPU in the cluster, else --cpu-actors",
+                                    parse=int_at_least(1))
+    cpu_actors: int = option(1, "matter actors when the cluster has no GPU", parse=int_at_least(1))
+    num_gpus: int | None = option(None, "local cluster only: GPUs to declare (fake ones are fine for tests)",
+                                  parse=int_at_least(0))
+    num_cpus: int | None = option(None, "local cluster only: CPUs to declare", parse=int_at_least(1))
+    dashboard: bool = option(False, "local cluster only: start the Ray dashboard")
+    actor_cpus: float | None = option(None, "CPUs reserved per matter actor (default: 1 for CPU actors, 0.5 for "
+                                            "GPU actors)", parse=number_at_least(0))
+    reader_cpus: float = option(0.5, "CPUs reserved per reader task", parse=number_at_least(0))
+    encode_cpus: float = option(0.25, "CPUs reserved per encode task", parse=number_at_least(0))
+    read_ahead: int = option(2, "videos being read at once, per matter actor", parse=int_at_least(1))
+    queue_depth: int = option(2, "chunks queued per matter actor", parse=int_at_least(1))
+    max_restarts: int = option(3, "restarts of a crashed actor, retries of a crashed task and resends of a chunk "
+                                  "to another actor, e.g. after a GPU error", parse=int_at_least(0))
+    writers: int | None = option(None, "shard writer actors (default: one per 4 matter actors)",
+                                 parse=int_at_least(1))
+    writer_resource: str | None = option(None, "place shard writers only on nodes that declare this custom Ray "
+                                               "resource (e.g. nodes with local disk for the spill files); "
+                                               "default: anywhere", metavar="NAME")
+    stall_timeout: float = option(180.0, "end the run (exit 1, saying what it waits for, lease released) when "
+                                         "nothing progresses for this many seconds while no matter actor is busy, "
+                                         "e.g. a lost node took the last GPU", parse=number_at_least(1))
+    shard_retries: int = option(2, "times a shard that lost data (its reader's or writer's node died) is redone "
+                                   "in the same run before it is reported failed", parse=int_at_least(0))
 
 
 @dataclass

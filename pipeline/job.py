@@ -7,6 +7,7 @@ steps on Ray, ``run`` is the command line.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import functools
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 
 from mava import schema
 from mava.folder import SplitDir
-from models.base import MatterConfig, output_fields
+from models.base import MatterConfig, available_matters, output_fields
+from models.options import fraction, int_at_least, number_at_least, option
 from pipeline import plan as planning
 from pipeline import sav
 from pipeline.executor import ClusterError, Executor, ResourceConfig, ShardTask, init_ray
@@ -34,25 +36,57 @@ class JobError(ValueError):
     """The job cannot start or must not go on as asked (one line for the user; exit code 2)."""
 
 
+def _shard_spec(text: str) -> set[int]:
+    """``--shards`` value: "3,7-9"."""
+    try:
+        shards = planning.parse_shard_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not shards:
+        raise argparse.ArgumentTypeError(f"{text!r} names no shard")
+    return shards
+
+
 @dataclass
 class JobConfig:
-    split: str
-    data_root: str = "data"
-    out: str = "out/mava"
-    matter: str = "videomama"
+    """One run of the job; each plain field is a ``python -m pipeline.run`` flag (see models.options)."""
+
+    split: str = option(dataclasses.MISSING, "split folder name under --data-root, e.g. sav_train", group="io")
+    data_root: str = option("data", "SA-V root: local path or fsspec URL", group="io")
+    out: str = option("out/mava", "output root (path or fsspec URL); writes <out>/<split>/", group="io")
+    matter: str = option("videomama", f"matter name ({', '.join(available_matters())}) or 'module:Factory'",
+                         group="matter")
     matter_config: MatterConfig = field(default_factory=MatterConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
-    videos_per_shard: int = 8
-    shards: set[int] | None = None
-    retry_failed: bool = False
-    redo_mismatched: bool = False     # redo finished shards written with another fingerprint
-    verify_skipped: bool = False      # also check a finished shard's tar sha256 before skipping it
-    max_matter_failures: float = 0.5  # largest fraction of a shard's samples the matter may fail on
-    lease_timeout_s: float = 300.0    # a lease without heartbeat for this long is stale
-    limit_videos: int | None = None
-    frames: str = "jpg"               # jpg | none
-    progress: bool = True
+    frames: str = option("jpg", "also store the RGB frames of each segment as JPEG (needed for training)",
+                         choices=("jpg", "none"), group="io")
+    videos_per_shard: int = option(8, "videos per shard (fixes the shard plan)", parse=int_at_least(1),
+                                   group="shards")
+    shards: set[int] | None = option(None, "only these shards of the plan, e.g. '3,7-9' (redone)",
+                                     parse=_shard_spec, group="shards")
+    retry_failed: bool = option(False, "redo finished shards whose manifest has failed rows (and unfinished ones)",
+                                group="shards")
+    redo_mismatched: bool = option(False, "redo finished shards written with another fingerprint (matter, weights "
+                                          "or an output-changing option) or with unreadable done markers; without "
+                                          "it such a rerun refuses (exit 2) instead of mixing", group="shards")
+    verify_skipped: bool = option(False, "before skipping a finished shard, also check its tar's sha256 against "
+                                         "the done marker (always checked: the tar's size and the manifest's "
+                                         "sha256)", group="shards")
+    max_matter_failures: float = option(0.5, "a shard where the matter fails on more than this fraction of the "
+                                             "samples it was given is not marked done and fails the run (a guard "
+                                             "against unrecognised system errors)", parse=fraction, group="shards")
+    lease_timeout_s: float = option(300.0, "seconds without heartbeat after which another run's lease on the "
+                                           "output is stale and taken over", parse=number_at_least(1),
+                                    flag="--lease-timeout", group="shards")
+    limit_videos: int | None = option(None, "use only the first N videos of the split", parse=int_at_least(1),
+                                      group="shards")
+    progress: bool = option(True, "no progress bar", flag="--no-progress")
+
+    def __post_init__(self):
+        # the segment length has one source, the reader's: the matter pads short segments to it
+        if self.matter_config.segment_len != self.reader.segment_len:
+            self.matter_config = dataclasses.replace(self.matter_config, segment_len=self.reader.segment_len)
 
     @property
     def split_url(self) -> str:

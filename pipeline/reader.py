@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mava import schema
-from models.base import output_option, runtime_option
+from models.options import int_at_least, int_in, output_option, runtime_option
 from pipeline import sav, video
 from pipeline.errors import (
     AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, InputError, ReaderCrashed,
@@ -35,14 +35,19 @@ MASKLET_CHOICES = ("manual", "auto", "all")
 
 @dataclass
 class ReaderConfig:
-    """How videos are read and cut; fields are classified like MatterConfig's (output or runtime)."""
+    """How videos are read and cut; fields are classified like MatterConfig's (output or runtime), and
+    each field's metadata is its ``python -m pipeline.run`` flag."""
 
-    masklets: str = output_option("manual", "manual | auto | all")
-    segment_len: int = output_option(12, "annotated frames per segment")
-    backend: str = runtime_option("decord", "decord | pyav (both decode the same frames)")
+    masklets: str = output_option("manual", "which masklets to matte", choices=MASKLET_CHOICES, group="io")
+    segment_len: int = output_option(12, f"annotated frames per segment (1..{schema.MAX_SEGMENT_LEN})",
+                                     parse=int_in(1, schema.MAX_SEGMENT_LEN), group="io")
+    backend: str = runtime_option("decord", "video decoder (both decode the same frames)", choices=video.BACKENDS,
+                                  group="io")
+    threads: int = runtime_option(1, "decoder threads per reader (Ray readers get a fraction of a CPU each)",
+                                  parse=int_at_least(1), group="io")
     chunk: int = runtime_option(8, "segments per reader chunk: the unit the driver routes to a matter actor "
-                                   "(the driver's work is per chunk, not per segment)")
-    threads: int = runtime_option(1, "decoder threads per reader (Ray readers get one CPU each)")
+                                   "(the driver's work is per chunk, not per segment; at least --batch-size)",
+                                parse=int_at_least(1), group="io")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 import logging
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Iterable, Iterator
 
 import pyarrow as pa

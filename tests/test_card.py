@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from mava import card, schema
-from mava import manifest as mf
 from mava.folder import as_split
 from mava.__main__ import main
 

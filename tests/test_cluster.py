@@ -88,7 +88,7 @@ def _same_as(clean: Path, split: Path) -> None:
 
 
 def test_a_lost_node_with_capacity_left_completes_byte_identical(cluster, workers, synth_split, clean, tmp_path):
-    a, b = workers(), workers()
+    a, _ = workers(), workers()
     proc = _start(cluster, synth_split.parent, tmp_path)
     _wait_done_markers(proc, tmp_path / SPLIT)
     cluster.remove_node(a, allow_graceful=False)          # its matter actor, and any reader on it, go

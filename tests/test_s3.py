@@ -12,11 +12,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,53 +28,10 @@ from mava import manifest as mf
 from mava.folder import as_split
 from mava import schema
 from mava.__main__ import main
+from tests.s3_server import FAKE_AWS, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "mava-test"
-# moto accepts any credentials; these are placeholders, not secrets
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class S3Server:
-    """A moto S3 server process on 127.0.0.1 with its request recorder."""
-
-    def __init__(self, tmp: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.recording = tmp / "moto_recording.jsonl"
-        env = os.environ | FAKE_AWS | {"MOTO_RECORDER_FILEPATH": str(self.recording)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):  # bounded wait for the server to answer
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1)
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("moto server exited at start")
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto server did not answer in 10 s")
-
-    def recorder(self, action: str) -> bytes:
-        method = "GET" if action == "download-recording" else "POST"
-        req = urllib.request.Request(f"{self.url}/moto-api/recorder/{action}", method=method)
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
