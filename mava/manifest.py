@@ -15,9 +15,9 @@ from typing import IO, Iterator
 import duckdb
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mava import schema
+from mava.lifecycle import read_parquet
 from mava.sample import member_map, parse_member_bytes, read_sample_bytes
 from mava.schema import Col
 
@@ -49,7 +49,7 @@ def read_parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     try:
         with fs.open(path, "rb") as f:
             raw = f.read()
-        return pq.read_table(pa.BufferReader(raw))
+        return read_parquet(pa.BufferReader(raw))  # on this thread: no pool work left at exit
     except (OSError, pa.ArrowException) as exn:  # ArrowInvalid: not parquet; OSError: I/O
         raise UnreadableFile(path, f"unreadable manifest ({_reason(exn)})") from exn
 
