@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mava import schema
+from mava import lifecycle, schema
+from mava.lifecycle import OneLineParser
 from models.base import MatterConfig, available_matters
 from mava.manifest import SplitDir, UnreadableFile
 from models.presets import MATTER_PRESETS, describe_preset, preset_config
@@ -21,13 +22,6 @@ from pipeline.plan import parse_shard_spec
 from pipeline.reader import ReaderConfig
 
 log = logging.getLogger("pipeline.run")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``error: ...``) and exit 2, no usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _int_at_least(lo: int):
@@ -79,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.run",
         description="Matte every masklet of an SA-V split and write MA-V: WebDataset shards, a parquet "
                     "manifest and a done marker per shard under <out>/<split>/. Reruns skip finished shards.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=lifecycle.exit_codes(
+            "a shard could not be completed or the run failed, each named on stderr (per-sample failures are "
+            "manifest rows, not exit 1)",
+            "bad arguments, an unwritable --out, an empty split; and refusals before any work: another run holds "
+            "the lease, finished shards of another fingerprint, another shard plan in --out"))
     io = p.add_argument_group("input and output")
     io.add_argument("--split", required=True, help="split folder name under --data-root, e.g. sav_train")
     io.add_argument("--data-root", default="data", help="SA-V root: local path or fsspec URL")
@@ -313,4 +312,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))
