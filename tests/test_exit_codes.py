@@ -216,7 +216,7 @@ def test_exit_codes_through_the_shell(job_output, tmp_path):
     """The same codes reach the shell through each ``__main__`` (run_main)."""
     damaged = str(_damaged_copy(job_output[0], tmp_path))
     cases = {("-m", "mava"): 2, ("-m", "pipeline.synth", "--out", str(tmp_path / "f" / "x"), "--videos", "0"): 0,
-             ("-m", "mava", "verify", damaged, "--no-progress"): 1, ("-m", "models.tiny", "--out", str(tmp_path / "t"), "--in-channels", "0"): 2}
+             ("-m", "mava", "verify", damaged, "--no-progress"): 1, ("-m", "pipeline.cost", "--split", "x", "--rate", "0"): 2}
     for args, res in zip(cases, _many([list(c) for c in cases])):
         assert res.returncode == cases[args] and "Traceback" not in res.stderr, (args, res.returncode, res.stderr)
         if cases[args] == 2:
