@@ -6,6 +6,8 @@ import importlib
 import sys
 import time
 
+from mava import lifecycle
+
 BENCHMARKS = (
     ("reader throughput and memory", "benchmarks.read_bench"),
     ("matter quality (MAD, Grad) and speed", "benchmarks.matter_quality"),
@@ -16,14 +18,18 @@ BENCHMARKS = (
 )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.all", description=__doc__,
+                                epilog=lifecycle.exit_codes("a benchmark's own check failed (it says which)"))
+    p.parse_args(argv)
+    code = lifecycle.EXIT_OK
     for title, module in BENCHMARKS:
         print(f"\n=== {title}: python -m {module}", flush=True)
         t0 = time.perf_counter()
-        importlib.import_module(module).main([])
+        code = max(code, importlib.import_module(module).main([]) or lifecycle.EXIT_OK)
         print(f"=== ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return 0
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

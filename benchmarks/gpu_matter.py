@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import copy
 import logging
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from mava import lifecycle
 from models.arch import build_unet, build_vae, full_unet_config, full_vae_config
 from models.base import MatterConfig
 from models.groupnorm import FusedGroupNorm, fuse_group_norms, group_norm
@@ -321,7 +323,9 @@ def mixed_workload(unet, vae, cfg: MatterConfig, frames: int, long_side: int, ba
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.gpu_matter", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--full", action="store_true", help="real SVD img2vid-xt sizes (random init); needs a GPU")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16")
@@ -492,4 +496,4 @@ def flops_seg_scaled(flops: dict[str, int], segments: int) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(lifecycle.run_main(main))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from mava import folder
+from mava import folder, lifecycle
 from mava import manifest as mf
 from mava.loaders import ClipConfig, RandomAccessClips, StreamingClips
 
@@ -66,8 +67,9 @@ def generate(root: Path, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.loader_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.loader_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--dir", help="an existing split folder (path or fsspec URL); default: generate one")
     p.add_argument("--videos", type=int, default=6, help="generated split: synthetic videos (3 objects each)")
     p.add_argument("--video-frames", type=int, default=96, help="generated split: video frames per video (24 fps; "
@@ -136,4 +138,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(lifecycle.run_main(main))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from mava import lifecycle
 from models.base import MatterConfig, build_matter
 from pipeline.synth import RATIO, make_specs, render
 
@@ -127,7 +129,10 @@ def evaluate(clips: list[tuple[np.ndarray, np.ndarray]], matters=MATTERS) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.matter_quality", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("MAD(guided) or MAD(closed-form) is above --max-ratio "
+                                                            "x MAD(mask)"))
     p.add_argument("--videos", type=int, default=2, help="synthetic videos (each gives up to 3 object clips)")
     p.add_argument("--frames", type=int, default=48, help="video frames per video (annotated = frames/4)")
     p.add_argument("--sizes", nargs="+", default=["848x480", "480x848"], help="WxH sizes cycled over videos")
@@ -152,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(lifecycle.run_main(main))

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mava import schema
+from mava import lifecycle, schema
 from pipeline import run, synth
 from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 from pipeline.segments import SegmentData
@@ -40,7 +41,9 @@ def reader_alone(split_dir: Path, cfg: ReaderConfig, encode: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.pipeline_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--videos", type=int, default=16, help="synthetic videos")
     p.add_argument("--frames", type=int, default=384, help="video frames per video (24 fps)")
     p.add_argument("--size", default="480x270", help="WxH of the videos")
@@ -72,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(lifecycle.run_main(main))

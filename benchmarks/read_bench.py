@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from mava import lifecycle
 from pipeline import synth
 from pipeline.protocol import Failure
 from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
@@ -76,8 +77,9 @@ def _rss(split: Path, backend: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.read_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.read_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--workdir", type=Path, default=Path("build/bench_read"),
                    help="where generated videos are kept between runs (default build/bench_read)")
     p.add_argument("--frames", type=int, default=480, help="frames of the 848x480 throughput video (default 480)")
@@ -121,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(lifecycle.run_main(main))

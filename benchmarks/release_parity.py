@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mava import lifecycle
 from models.arch import build_unet, build_vae, save_variants, tiny_unet_config, tiny_vae_config
 from models.base import build_matter
 from models.presets import preset_config
@@ -115,7 +116,9 @@ def run_ours(cfg, frames, masks, draws) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.release_parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--release", required=True, type=Path, help="checkout of cvlab-kaist/VideoMaMa")
     p.add_argument("--site", default=None, help="extra sys.path folder holding transformers, torchvision, einops")
     p.add_argument("--torchvision-without-ops", action="store_true",
@@ -158,4 +161,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

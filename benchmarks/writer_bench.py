@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mava import lifecycle
 from pipeline import synth
 from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 from pipeline.segments import SegmentData
@@ -89,8 +90,9 @@ def peak_rss(mode: str, enc: Path, out: Path, old_writer: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.writer_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m benchmarks.writer_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--workdir", type=Path, default=Path("build/bench/writer"), help="generated data and outputs")
     p.add_argument("--videos", type=int, default=8, help="videos in the shard")
     p.add_argument("--frames", type=int, default=96, help="video frames per video (24 fps; 1 in 4 annotated)")
@@ -120,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

@@ -7,46 +7,59 @@ import json
 import logging
 import sys
 
-from mava import degrade, schema
+from mava import degrade, lifecycle, schema
 from mava.schema import Col
 from mava.export import DEFAULT_CRF
 
+PROG = "python -m mava"
+USAGE = "bad arguments, a split folder that does not exist"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mava", description="Work with an MA-V split folder "
+    p = lifecycle.OneLineParser(prog=PROG, description="Work with an MA-V split folder "
                                 "(<out>/<split>, a local path or an fsspec URL).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog=lifecycle.exit_codes("the data is damaged or incomplete (each command's "
+                                                            "--help says when)", USAGE))
     p.add_argument("--log-level", default="WARNING", help="logging level")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     s = sub.add_parser("stats", help="counts, failures, frames, bytes, quality histograms (exit 1 when some "
                        "manifests, markers or run.json are unreadable: they are listed, the rest summarised)",
-                       formatter_class=fmt)
+                       formatter_class=fmt, epilog=lifecycle.exit_codes(
+                           "some manifests, markers or run.json are unreadable (listed; the rest summarised)", USAGE))
     s.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     s.add_argument("--plot", metavar="FILE.png", help="also write histograms of the quality columns to this PNG")
     s.add_argument("--json", action="store_true", help="print the counts as JSON instead of text")
 
-    q = sub.add_parser("query", help="SQL over the manifest (duckdb; table name: manifest)", formatter_class=fmt)
+    q = sub.add_parser("query", help="SQL over the manifest (duckdb; table name: manifest)", formatter_class=fmt,
+                       epilog=lifecycle.exit_codes("a manifest is unreadable", USAGE + ", SQL that duckdb rejects"))
     q.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     q.add_argument("sql", help="e.g. \"select key from manifest where semi_fraction > 0.1\"")
     q.add_argument("--keys", action="store_true", help="print only the key column, one key per line")
     q.add_argument("--limit", type=int, default=None, help="print at most this many rows")
 
     v = sub.add_parser("verify", help="check markers, manifests, shards and samples agree; exit 1 on problems",
-                       formatter_class=fmt)
+                       formatter_class=fmt, epilog=lifecycle.exit_codes(
+                           "a problem was found (each is listed: damaged or missing files, planned shards not "
+                           "complete)", USAGE))
     v.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     v.add_argument("--full", action="store_true", help="also fully decode every frame JPEG (PNGs always are)")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    pv = sub.add_parser("preview", help="contact sheet PNG (and MP4) of one sample", formatter_class=fmt)
+    pv = sub.add_parser("preview", help="contact sheet PNG (and MP4) of one sample", formatter_class=fmt,
+                        epilog=lifecycle.exit_codes("the sample is a failed row, or damaged",
+                                                    USAGE + ", an unknown key"))
     pv.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     pv.add_argument("key", help="sample key, e.g. sav_000001_m003_0012")
     pv.add_argument("--out", required=True, metavar="FILE.png", help="where to write the contact sheet")
     pv.add_argument("--video", metavar="FILE.mp4", help="also write an H.264 MP4 of the panels")
     pv.add_argument("--tile", type=int, default=220, help="long side of each panel in pixels")
 
-    e = sub.add_parser("eval", help="score mattes against ground-truth alpha PNGs", formatter_class=fmt)
+    e = sub.add_parser("eval", help="score mattes against ground-truth alpha PNGs", formatter_class=fmt,
+                       epilog=lifecycle.exit_codes("no frame has ground truth, or the data is damaged",
+                                                   USAGE + ", a ground-truth folder that does not exist"))
     e.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     e.add_argument("--gt", required=True, metavar="GT_DIR",
                    help="ground truth: <GT_DIR>/<video_id>/<masklet_id:03d>/<ann_frame:05d>.png "
@@ -59,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("card", help="Hugging Face dataset card (README.md): YAML header, provenance, counts, "
-                       "figures (PNG beside it), how to load", formatter_class=fmt)
+                       "figures (PNG beside it), how to load", formatter_class=fmt,
+                       epilog=lifecycle.exit_codes("the data is damaged (a manifest, marker or sample is "
+                                                   "unreadable)", USAGE))
     c.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     c.add_argument("--out", required=True, metavar="README.md",
                    help="where to write the card (figures go to figures/ beside it)")
@@ -70,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"to the split's {schema.SHARDS_GLOB} when both are local, else {schema.SHARDS_GLOB}")
     c.add_argument("--pretty-name", default=None, help="the card's pretty_name (default: 'MA-V <split>')")
     x = sub.add_parser("export", help="one masklet's segments stitched into a full-length alpha sequence "
-                       "(PNGs + grayscale H.264 MP4) with the seam report", formatter_class=fmt)
+                       "(PNGs + grayscale H.264 MP4) with the seam report", formatter_class=fmt,
+                       epilog=lifecycle.exit_codes("the data is damaged (a manifest or sample is unreadable)",
+                                                   USAGE + ", a masklet without ok samples"))
     x.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
     x.add_argument("--video-id", required=True, help="video id, e.g. sav_000001")
     x.add_argument("--masklet", type=int, required=True, help="masklet id")
@@ -91,14 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from mava.folder import UnreadableFile
+    from mava.folder import SplitDir, UnreadableFile
+    from mava.sample import SampleFormatError
 
+    if not SplitDir(args.dir).exists(""):
+        print(f"error: no split folder {args.dir}", file=sys.stderr)
+        return lifecycle.EXIT_USAGE
     try:
         return _run(args)
-    except UnreadableFile as exn:
+    except (UnreadableFile, SampleFormatError) as exn:
         print(f"error: {exn} (`python -m mava verify {args.dir}` lists every damaged file; rerunning the "
               "job redoes damaged shards)", file=sys.stderr)
-        return 1
+        return lifecycle.EXIT_FAILED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -115,9 +136,15 @@ def _run(args: argparse.Namespace) -> int:
             stats.plot(s, args.plot)
         return 1 if s.unreadable else 0
     if args.cmd == "query":
+        import duckdb
+
         from mava import manifest
 
-        res = manifest.query(args.dir, args.sql)
+        try:
+            res = manifest.query(args.dir, args.sql)
+        except duckdb.Error as exn:
+            print(f"error: {str(exn).strip().splitlines()[0]}", file=sys.stderr)
+            return lifecycle.EXIT_USAGE
         rows = res.rows[: args.limit] if args.limit is not None else res.rows
         if args.keys:
             if Col.KEY not in res.columns:
@@ -139,7 +166,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "preview":
         from mava import preview
 
-        preview.preview(args.dir, args.key, args.out, video=args.video, tile=args.tile)
+        try:
+            preview.preview(args.dir, args.key, args.out, video=args.video, tile=args.tile)
+        except KeyError as exn:  # no such key
+            print(f"error: {exn.args[0]}", file=sys.stderr)
+            return lifecycle.EXIT_USAGE
+        except ValueError as exn:  # a failed row
+            print(f"error: {exn}", file=sys.stderr)
+            return lifecycle.EXIT_FAILED
         print(args.out + (f" {args.video}" if args.video else ""))
         return 0
     if args.cmd == "card":
@@ -162,6 +196,8 @@ def _run(args: argparse.Namespace) -> int:
         print(" ".join(res.files))
         return 0
     if args.cmd == "eval":
+        import fsspec
+
         from mava import eval as ev
 
         baselines = tuple(b for b in args.baselines.split(",") if b)
@@ -169,13 +205,21 @@ def _run(args: argparse.Namespace) -> int:
         if bad:
             print(f"error: unknown baselines {bad}", file=sys.stderr)
             return 2
+        gfs, groot = fsspec.core.url_to_fs(args.gt)
+        if not gfs.exists(groot):
+            print(f"error: no ground-truth folder {args.gt}", file=sys.stderr)
+            return lifecycle.EXIT_USAGE
         rep = ev.evaluate(args.dir, args.gt, baselines, args.band_radius, progress=not args.no_progress)
+        if not rep.frames:
+            print(f"error: no frame of {args.dir} has ground truth under {args.gt} (expected "
+                  "<GT_DIR>/<video_id>/<masklet_id:03d>/<ann_frame:05d>.png)", file=sys.stderr)
+            return lifecycle.EXIT_FAILED
         print(ev.render(rep, per_clip=not args.overall_only))
         if args.json:
             ev.write_json(rep, args.json)
-        return 0 if rep.frames else 1
+        return 0
     return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

@@ -20,10 +20,10 @@ from typing import IO, Iterator
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.dirfs import DirFileSystem
 
 from mava import schema
+from mava.lifecycle import read_parquet
 from mava.sample import member_map, parse_member_bytes, read_sample_bytes
 from mava.schema import Col
 
@@ -57,7 +57,7 @@ def read_parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     try:
         with fs.open(path, "rb") as f:
             raw = f.read()
-        return pq.read_table(pa.BufferReader(raw))
+        return read_parquet(pa.BufferReader(raw))
     except (OSError, pa.ArrowException) as exn:  # ArrowInvalid: not parquet; OSError: I/O
         raise UnreadableFile(_name(fs, path), f"unreadable manifest ({_reason(exn)})") from exn
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
+from mava import lifecycle
 from models.arch import (VIDEOMAMA_IN_CHANNELS, WEIGHT_VARIANTS, build_unet, build_vae, tiny_unet_config,
                          tiny_vae_config, write_checkpoint)
 
@@ -28,8 +30,10 @@ def make_tiny(out: str | Path, seed: int = 0, in_channels: int = VIDEOMAMA_IN_CH
     return write_checkpoint(out, unet, vae, variant, vae_variant or variant)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = lifecycle.OneLineParser(prog="python -m models.tiny", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback"))
     p.add_argument("--out", required=True, help="output folder (gets checkpoint/unet and base/vae)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     p.add_argument("--in-channels", type=int, default=VIDEOMAMA_IN_CHANNELS,
@@ -41,9 +45,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight files of base/vae (default: --variant); the SVD base publishes both")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.in_channels < 1:
+        p.error(f"--in-channels must be at least 1, not {args.in_channels}")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"cannot write to --out {args.out}: {exc.strerror or exc}")
     ckpt, base = make_tiny(args.out, args.seed, args.in_channels, args.variant, args.vae_variant)
     print(f"--checkpoint {ckpt} --base-model {base}")
+    return lifecycle.EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(lifecycle.run_main(main))

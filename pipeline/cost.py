@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from mava import lifecycle
 from pipeline import sav
 from pipeline.errors import EmptyMasklet, InputError
 from pipeline.reader import ReaderConfig, VideoPlan, list_videos, plan_from_annotations
@@ -109,8 +110,10 @@ def report(counts: Counts, rates: dict[str, float], scale: float = 1.0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.cost", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m pipeline.cost", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("an unexpected error, with its traceback (unreadable "
+                                                            "annotations are counted, not fatal)"))
     p.add_argument("--split", required=True, help="split folder under --data-root, e.g. sav_train")
     p.add_argument("--data-root", default="data", help="SA-V root: local path or fsspec URL")
     p.add_argument("--masklets", choices=["manual", "auto", "all"], default="manual", help="which masklets")
@@ -123,16 +126,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="frames/s per GPU to price (repeatable); default: the README's reference rates")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name, v in (("--segment-len", args.segment_len), ("--limit-videos", args.limit_videos),
+                    ("--scale", args.scale), *(("--rate", r) for r in args.rate or ())):
+        if v is not None and v <= 0:
+            p.error(f"{name} must be positive, not {v:g}")
     cfg = ReaderConfig(masklets=args.masklets, segment_len=args.segment_len)
+    split_url = f"{args.data_root.rstrip('/')}/{args.split}"
     try:
-        counts = count_split(f"{args.data_root.rstrip('/')}/{args.split}", cfg, args.limit_videos)
+        counts = count_split(split_url, cfg, args.limit_videos)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return lifecycle.EXIT_USAGE
+    if not counts.videos:
+        print(f"error: no videos found in {split_url}", file=sys.stderr)
+        return lifecycle.EXIT_USAGE
     rates = {f"--rate {r:g}": r for r in args.rate} if args.rate else DEFAULT_RATES
     print(report(counts, rates, args.scale))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

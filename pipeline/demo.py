@@ -8,15 +8,16 @@ import logging
 import sys
 from pathlib import Path
 
-from mava import schema
+from mava import lifecycle, schema
 from pipeline import run, synth
 
 log = logging.getLogger("pipeline.demo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = lifecycle.OneLineParser(prog="python -m pipeline.demo", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog=lifecycle.exit_codes("the job failed (as python -m pipeline.run)"))
     p.add_argument("--workdir", type=Path, default=Path("build/demo"), help="where data/ and out/ go")
     p.add_argument("--videos", type=int, default=4, help="synthetic videos to generate")
     p.add_argument("--matter", default="guided", help="CPU matter to run (guided, closed-form, mask)")
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     code = run.main(["--split", args.split, "--data-root", str(data), "--out", str(out),
                      "--matter", args.matter, "--videos-per-shard", "2", "--address", "local"])
     out_split = out / args.split
+    if code == lifecycle.EXIT_USAGE:  # refused before any work: no run.json to summarise
+        return code
     summary = json.loads((out_split / schema.RUN_JSON).read_text())["summary"]
     print(f"\nMA-V demo output: {out_split}/ (shards/, manifest/, done/, run.json)")
     print(f"{summary['samples_ok']} samples ok, {sum(summary['samples_failed'].values())} failed, "
@@ -39,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

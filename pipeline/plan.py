@@ -7,10 +7,9 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
-import pyarrow.parquet as pq
-
 from mava import schema
 from mava.folder import SplitDir, UnreadableFile, as_split
+from mava.lifecycle import read_parquet
 from mava.schema import Col
 
 log = logging.getLogger(__name__)
@@ -167,7 +166,7 @@ def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
     if not d.exists(rel):
         return []
     with d.open(rel, "rb") as f:
-        rows = pq.read_table(f, columns=[Col.STATUS, Col.ERROR_TYPE]).to_pylist()
+        rows = read_parquet(f, columns=[Col.STATUS, Col.ERROR_TYPE]).to_pylist()
     return [r[Col.ERROR_TYPE] for r in rows if r[Col.STATUS] != schema.STATUS_OK]
 
 

@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mava import schema
+from mava import lifecycle, schema
 from mava.folder import SplitDir, UnreadableFile
+from mava.lifecycle import OneLineParser
 from models.base import MatterConfig
 from models.options import add_flags, from_args
 from models.presets import MATTER_PRESETS, describe_preset, preset_config
@@ -23,18 +24,12 @@ from pipeline.reader import ReaderConfig
 log = logging.getLogger("pipeline.run")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``error: ...``) and exit 2, no usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-EXIT_CODES = """exit codes:
-  0  every planned shard is written (failed rows are data: status 'failed' with an error)
-  1  some shard could not be completed (named on stderr), or the run stalled: rerun the same command
-  2  nothing was done: a usage error, an output held by another run or written with another plan or
-     fingerprint, an unreachable cluster, or matter actors that cannot start"""
+EXIT_CODES = lifecycle.exit_codes(
+    "a shard could not be completed, or the run stalled, each named on stderr (per-sample failures are manifest "
+    "rows, not exit 1): rerun the same command",
+    "bad arguments, an unwritable --out, an empty split; and refusals before any work: another run holds the "
+    "lease, finished shards of another fingerprint or plan, an unreachable cluster, matter actors that cannot "
+    "start")
 
 #: matter flags whose default comes from --preset (their argparse default is SUPPRESS)
 PRESET_FLAGS = ("dtype", "vae_dtype", "long_side", "resize", "resample", "mask_threshold", "alpha_8bit",
@@ -164,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main(main))

@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -41,6 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mava import lifecycle
 from pipeline import sav
 
 log = logging.getLogger(__name__)
@@ -417,9 +419,10 @@ def load_specs(split_dir: Path) -> dict[str, VideoSpec]:
     return {d["video_id"]: VideoSpec(**d) for d in json.loads((Path(split_dir) / META_FILE).read_text())}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.synth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = lifecycle.OneLineParser(prog="python -m pipeline.synth", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=lifecycle.exit_codes("a video could not be encoded"))
     p.add_argument("--out", required=True, type=Path, help="data root; the split goes to OUT/SPLIT")
     p.add_argument("--videos", type=int, default=4, help="number of short videos (default 4)")
     p.add_argument("--frames", type=int, default=96, help="video frames per short video, 24 fps (default 96)")
@@ -441,6 +444,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for name, v, lo in (("--videos", a.videos, 0), ("--frames", a.frames, 1), ("--long", a.long, 0),
+                        ("--threads", a.threads, 1)):
+        if v < lo:
+            p.error(f"{name} must be at least {lo}, not {v}")
+    if a.background and not os.path.isfile(a.background):
+        p.error(f"--background {a.background} is not a file")
+    try:
+        for size in [*a.sizes, a.long_size]:
+            parse_size(size)
+        (a.out / a.split).mkdir(parents=True, exist_ok=True)
+    except ValueError as exc:
+        p.error(str(exc))
+    except OSError as exc:
+        p.error(f"cannot write to --out {a.out}: {exc.strerror or exc}")
     specs = make_specs(a.videos, a.frames, a.seed, a.sizes, a.background, a.crf, a.rotate)
     if a.long:
         w, h = parse_size(a.long_size)
@@ -448,7 +465,8 @@ def main(argv: list[str] | None = None) -> None:
                                simple=True, crf=23, preset="ultrafast"))
     root = generate_split(a.out, specs, a.split, a.flat, threads=a.threads)
     print(f"wrote {len(specs)} videos to {root}")
+    return lifecycle.EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(lifecycle.run_main(main))
