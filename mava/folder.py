@@ -82,6 +82,13 @@ def _name(fs: fsspec.AbstractFileSystem, path: str) -> str:
 MANIFEST_EMPTY = schema.MANIFEST_SCHEMA.empty_table()
 
 
+class _NoLoop:
+    """The event loop of a SplitDir over a synchronous filesystem: there is none (using it is a bug)."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError("a SplitDir over a synchronous filesystem has no event loop")
+
+
 class SplitDir(DirFileSystem):
     """An ``<out>/<split>`` folder addressed by a local path or any fsspec URL; paths are relative to it."""
 
@@ -92,7 +99,10 @@ class SplitDir(DirFileSystem):
         # fsspec reuses filesystem instances, and object-store ones cache listings: a new SplitDir must
         # see the folder as it is now (e.g. verify after a job finished in another process)
         fs.invalidate_cache()
-        super().__init__(path=root.rstrip("/"), fs=fs)
+        # DirFileSystem is an async filesystem, whose constructor starts fsspec's event-loop thread; over a
+        # synchronous filesystem (local disk) every call it makes is synchronous, so it gets no loop
+        loop = None if fs.async_impl else _NoLoop()
+        super().__init__(path=root.rstrip("/"), fs=fs, loop=loop)
         self.url = str(url)
 
     def __repr__(self) -> str:
