@@ -30,7 +30,7 @@ items = 0
 for ref in refs:
     for item in read_video(ref, ReaderConfig(backend=sys.argv[2])):
         items += 1
-print(json.dumps({"videos": len(refs), "items": items}))
+print("@@RESULT@@" + json.dumps({"videos": len(refs), "items": items}))
 """
 
 

@@ -3,7 +3,7 @@
 ``export(commit, dest)`` writes the tree of ``commit`` (``git archive``, no work tree of this checkout is
 touched); ``run_in(tree, code, *args)`` runs ``code`` in a fresh interpreter whose imports of
 ``pipeline``/``mava``/``models`` come from ``tree`` (also in its Ray workers, through PYTHONPATH) and
-returns the JSON object the code prints last.
+returns the JSON object it prints on a line that starts with :data:`RESULT`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: prefix of the line with a child's JSON result (other output may follow it, e.g. at interpreter exit)
+RESULT = "@@RESULT@@"
 #: the last commit before issue 16's executor (per-segment driver work, two opens per video)
 BEFORE_EXECUTOR = "452a640"
 
@@ -35,7 +37,7 @@ def export(commit: str, dest: Path) -> Path:
 
 def run_in(tree: Path, code: str, *args: str, env: dict | None = None, path: tuple = (),
            timeout: float = 3600) -> dict:
-    """Run ``code`` (which prints a JSON object on its last line) with ``tree`` first on the path, then
+    """Run ``code`` (which prints ``RESULT`` + a JSON object) with ``tree`` first on the path, then
     ``path``, then this checkout (for benchmark helpers; never the steps, which come from ``tree``)."""
     extra = os.pathsep.join([str(tree), *map(str, path), str(REPO)])
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": extra}
@@ -43,4 +45,7 @@ def run_in(tree: Path, code: str, *args: str, env: dict | None = None, path: tup
                          text=True, timeout=timeout)
     if res.returncode != 0:
         raise RuntimeError(f"benchmark child failed in {tree} (exit {res.returncode}): {res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(RESULT)]
+    if not lines:
+        raise RuntimeError(f"benchmark child in {tree} printed no result: {res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return json.loads(lines[-1][len(RESULT):])

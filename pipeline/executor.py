@@ -36,7 +36,7 @@ import ray
 from tqdm import tqdm
 
 from models.options import int_at_least, number_at_least, option
-from pipeline.protocol import BatchDone, Steps, VideoHeader
+from pipeline.protocol import Steps, VideoHeader
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +230,6 @@ class WriterPool:
             except Exception as exc:  # noqa: BLE001 - recorded: the shard will not be marked done
                 w.add_system_failure(getattr(item, "key", "?"), f"writer: {exc!r}")
 
-    def add_ref(self, index: int, attempt: int, boxed: list) -> None:
-        """One encoded chunk by reference (boxed so that a failed producer reaches us as an error)."""
-        w = self._writer(index, attempt)
-        if w is None:
-            return
-        try:
-            items = ray.get(boxed[0])
-        except ray.exceptions.RayError as exc:
-            w.add_system_failure("?", f"encode: {_reason(exc)}")
-            return
-        self.add(index, attempt, *items)
-
     def commit(self, index: int, attempt: int):
         w = self._writer(index, attempt)
         if w is None:
@@ -389,7 +377,18 @@ class _Loop:
         self.read_task = ray.remote(steps.read).options(
             num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts,
             _generator_backpressure_num_objects=res.queue_depth + 2)
-        self.encode_task = ray.remote(steps.encode).options(num_cpus=res.encode_cpus, max_retries=res.max_restarts)
+        encode, encode_args = steps.encode, steps.encode_args
+
+        def deliver(chunk, results, writer, index: int, attempt: int) -> tuple[int, str | None]:
+            """Encode a chunk after its matter and hand it to its shard writer: (items, writer error)."""
+            items = encode(chunk, results, *encode_args)
+            try:
+                ray.get(writer.add.remote(index, attempt, *items))
+            except ray.exceptions.RayError as exc:
+                return len(items), _reason(exc)
+            return len(items), None
+
+        self.deliver_task = ray.remote(deliver).options(num_cpus=res.encode_cpus, max_retries=res.max_restarts)
         self.pool_cls = ray.remote(WriterPool).options(
             num_cpus=0, max_restarts=0, resources={res.writer_resource: 0.001} if res.writer_resource else None)
         n_writers = min(res.writers or max(1, math.ceil(n / 4)), max(1, len(tasks)))
@@ -400,8 +399,8 @@ class _Loop:
         self.active: list[_Shard] = []
         self.streams: dict[Any, _Stream] = {}
         self.ready: collections.deque[_Work] = collections.deque()
-        self.in_actor: dict[Any, tuple[_Actor, _Work, Any]] = {}   # BatchDone ref -> (actor, work, results ref)
-        self.encoding: dict[Any, _Work] = {}
+        self.in_actor: dict[Any, _Actor] = {}                      # results ref -> the actor computing it
+        self.delivering: dict[Any, tuple[_Actor, _Work]] = {}     # deliver ref -> (actor, chunk)
         self.committing: dict[Any, _Shard] = {}
         self.pings: dict[Any, _Actor | _Writer] = {}
         self.headers: dict[str, VideoHeader] = {}                 # video -> its header (kept across attempts)
@@ -503,16 +502,23 @@ class _Loop:
                 return
             actor = min(up, key=lambda a: a.load)
             self.ready.popleft()
-            results, done = actor.handle.refine.options(num_returns=2).remote(work.ref)
+            # matter, then encode + hand to the writer, chained without a round trip through the driver
+            results = actor.handle.refine.remote(work.ref)
+            delivered = self.deliver_task.remote(work.ref, results, work.shard.writer.handle, work.shard.index,
+                                                 work.shard.attempt)
             actor.load += 1
-            self.in_actor[done] = (actor, work, results)
+            self.in_actor[results] = actor
+            self.delivering[delivered] = (actor, work)
 
-    def _batch_done(self, ref) -> None:
-        actor, work, results = self.in_actor.pop(ref)
-        actor.load -= 1
+    def _matted(self, ref) -> None:
+        """An actor finished a chunk (or failed on it: the delivery says which): it can take another."""
+        self.in_actor.pop(ref).load -= 1
+
+    def _delivered(self, ref) -> None:
+        actor, work = self.delivering.pop(ref)
         try:
-            done: BatchDone = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
+            n, writer_error = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:       # the matter actor died or is restarting
             self._actor_lost(actor, exc)
             self._resend(work, f"matter actor {actor.index}: {_reason(exc)}")
             return
@@ -522,12 +528,14 @@ class _Loop:
             if not work.shard.dead:
                 self._restart(work.shard, f"a chunk of {work.video_id} was lost: {_reason(exc)}")
             return
-        self.bar.update(done.segments)
+        self.bar.update(n)
         self._progress()
         if work.shard.dead:
             return
-        enc = self.encode_task.remote(work.ref, results, *self.steps.encode_args)
-        self.encoding[enc] = work
+        if writer_error is not None:
+            self._writer_lost(work.shard.writer, RuntimeError(writer_error))
+            return
+        work.shard.pending -= 1
 
     def _resend(self, work: _Work, why: str) -> None:
         if work.shard.dead:
@@ -551,14 +559,6 @@ class _Loop:
             actor.state, actor.why, actor.next_ping = "down", _reason(exc), time.monotonic() + PING_PERIOD_S
 
     # -- writing --
-    def _encoded(self, ref) -> None:
-        work = self.encoding.pop(ref)
-        self._progress()
-        if work.shard.dead:
-            return
-        work.shard.writer.handle.add_ref.remote(work.shard.index, work.shard.attempt, [ref])
-        work.shard.pending -= 1
-
     def _maybe_commit(self) -> None:
         for shard in list(self.active):
             if shard.all_read and shard.pending == 0:
@@ -645,7 +645,7 @@ class _Loop:
         for gen in list(self.streams):
             ray.cancel(gen)
         self.streams.clear()
-        self.encoding.clear()
+        self.delivering.clear()
         self.in_actor.clear()
 
     # -- health --
@@ -684,7 +684,7 @@ class _Loop:
 
     def _busy(self) -> bool:
         """Work is running somewhere that is up: not a stall, however long it takes (e.g. a compile)."""
-        return any(a.state == "up" for a, _, _ in self.in_actor.values()) or any(
+        return any(a.state == "up" for a in self.in_actor.values()) or any(
             s.writer.alive for s in self.committing.values())
 
     def waiting_for(self) -> str:
@@ -696,8 +696,8 @@ class _Loop:
                              f"GPU {_free('GPU')}")
             elif a.state == "dead":
                 parts.append(f"matter actor {a.index} dead")
-        if self.streams or self.encoding:
-            parts.append(f"{len(self.streams)} reader and {len(self.encoding)} encode task(s) pending: "
+        if self.streams or self.delivering:
+            parts.append(f"{len(self.streams)} reader and {len(self.delivering)} encode task(s) pending: "
                          f"CPU {_free('CPU')}")
         if not parts:
             parts.append(f"{len(self.ready)} chunk(s) queued, no actor up")
@@ -716,13 +716,13 @@ class _Loop:
     def _waitables(self) -> list:
         room = len(self.ready) < self.res.queue_depth * max(1, len(self.actors))
         streams = [g for g, s in self.streams.items() if room or s.header is None]
-        return [*streams, *self.in_actor, *self.encoding, *self.committing, *self.pings]
+        return [*streams, *self.in_actor, *self.delivering, *self.committing, *self.pings]
 
     def _handle(self, ref) -> None:
         if ref in self.in_actor:
-            self._batch_done(ref)
-        elif ref in self.encoding:
-            self._encoded(ref)
+            self._matted(ref)
+        elif ref in self.delivering:
+            self._delivered(ref)
         elif ref in self.committing:
             self._committed(ref)
         elif ref in self.pings:
@@ -733,7 +733,7 @@ class _Loop:
     def run(self) -> ExecResult:
         t0 = time.perf_counter()
         try:
-            while self.pending or self.active or self.streams or self.committing or self.in_actor or self.encoding:
+            while self.pending or self.active or self.streams or self.committing or self.in_actor or self.delivering:
                 self.ex.on_tick()
                 self._open_streams()
                 self._dispatch()

@@ -22,7 +22,7 @@ import numpy as np
 
 from models.base import MatterConfig, build_matter
 from pipeline.errors import is_system_error
-from pipeline.protocol import BatchDone, Chunk, Failure, Stage
+from pipeline.protocol import Chunk, Failure, Stage
 from pipeline.segments import SegmentData
 
 log = logging.getLogger(__name__)
@@ -75,24 +75,21 @@ class MatterActor:
             "matter": self.matter.describe(), "config": asdict(self.config), "load_s": round(self.load_s, 3),
         }
 
-    def refine(self, *chunks: Chunk) -> tuple:
-        """Per chunk, the list of its results (a uint8 matte per segment, its Failure per failed item);
-        then a :class:`BatchDone`. The chunks' segments run in batches of ``batch_size``."""
-        datas = [d for c in chunks for d in c.segments()]
+    def refine(self, chunk: Chunk) -> list:
+        """The results of a chunk, aligned with its items: a uint8 matte per segment, its Failure per failed
+        item. The segments run in batches of ``batch_size``."""
+        datas = chunk.segments()
         batches = [datas[i:i + self.batch] for i in range(0, len(datas), self.batch)]
         mattes: dict[str, np.ndarray | Failure] = {}
-        took = 0.0
         staged = self._stager.submit(self._stage, batches[0]) if batches else None
         for k, batch in enumerate(batches):
             ready = staged.result()
             # stage batch k+1 (host work, uploads) while batch k runs on the model
             staged = self._stager.submit(self._stage, batches[k + 1]) if k + 1 < len(batches) else None
-            out, t = self._timed(batch, ready)
-            took += t
+            out = self._timed(batch, ready)
             mattes.update(zip((d.segment.key for d in batch), out))
-        results = [[item.routed_to(self.name) if isinstance(item, Failure) else mattes[item.segment.key]
-                    for item in c.items] for c in chunks]
-        return (*results, BatchDone(len(datas), took))
+        return [item.routed_to(self.name) if isinstance(item, Failure) else mattes[item.segment.key]
+                for item in chunk.items]
 
     def _stage(self, datas: list[SegmentData]):
         try:
@@ -101,7 +98,7 @@ class MatterActor:
             log.info("staging a batch failed (%s: %s); running it unstaged", type(exc).__name__, exc)
             return None
 
-    def _timed(self, datas: list[SegmentData], staged) -> tuple[list, float]:
+    def _timed(self, datas: list[SegmentData], staged) -> list:
         with self._lock:
             start = time.perf_counter()
             if self.last_end is not None:
@@ -115,7 +112,7 @@ class MatterActor:
             self.calls += 1
             self.segments += len(datas)
             self.frames += sum(d.masks.shape[0] for d in datas)
-        return out, took
+        return out
 
     def _run_matter(self, datas: list[SegmentData], staged) -> list[np.ndarray]:
         if staged is not None:

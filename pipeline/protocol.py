@@ -7,10 +7,10 @@ The executor (``pipeline.executor``) imports this module and no step module. A r
 - a reader stream yields one :class:`VideoHeader` (the planned keys, the plan's failures, the chunk
   size), then one :class:`Chunk` per ``chunk`` consecutive keys, in key order; the driver routes
   chunks without fetching them (it knows which keys a chunk holds from the header);
-- a matter actor's ``refine(*chunks)`` returns one result list per chunk (a uint8 matte or a
-  :class:`Failure` per item) and a :class:`BatchDone` token, the only thing the driver fetches;
+- a matter actor's ``refine(chunk)`` returns the chunk's results (a uint8 matte or a :class:`Failure`
+  per item);
 - ``encode(chunk, results, ...)`` returns a list of encoded samples or failures, which a shard writer
-  takes with ``add``.
+  takes with ``add`` (the encode task hands them to the writer itself and tells the driver how many).
 
 A :class:`Failure` is the one record of a sample (or a whole video) that failed, from the place it
 failed to the manifest; only the writer turns it into a row.
@@ -133,14 +133,6 @@ class Chunk:
 MatterResult = Any
 
 
-@dataclass
-class BatchDone:
-    """The last return of a matter actor's ``refine``: a small token the driver waits on."""
-
-    segments: int
-    busy_s: float
-
-
 # --- what the executor may call on the steps ------------------------------------------------------
 
 
@@ -150,8 +142,8 @@ class MatterStep(Protocol):
     def fingerprint(self) -> dict:
         """The identity of the mattes this actor writes (matter name, weights, output options)."""
 
-    def refine(self, *chunks: Chunk) -> tuple:
-        """One list of results per chunk (aligned with its items), then a :class:`BatchDone`."""
+    def refine(self, chunk: Chunk) -> list:
+        """The chunk's results, aligned with its items."""
 
     def ping(self) -> bool:
         """True when the actor is up (answers while a batch runs)."""
