@@ -46,6 +46,15 @@ class SleepMatter(MatterBase):
         return masks.astype(np.float32)
 '''
 
+_IDLE = r"""
+import json, sys, time, ray
+ray.init(address="local", num_cpus=int(sys.argv[1]), num_gpus=int(sys.argv[2]), include_dashboard=False)
+time.sleep(5)
+c0, w0 = time.process_time(), time.monotonic()
+time.sleep(float(sys.argv[3]))
+print("@@RESULT@@" + json.dumps({"cpu_per_s": (time.process_time() - c0) / (time.monotonic() - w0)}))
+"""
+
 _DRIVER = r"""
 import json, os, re, sys, threading, time
 argv, out_split = json.loads(sys.argv[1]), sys.argv[2]
@@ -174,9 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"{'':<7}{'CPU ms/segment':>15}{'GPUs fed':>10}{'RSS MiB':>9}{'MiB/100 shards':>15}"
               f"{'plasma MiB':>11}{'SA-V on 64 GPUs':>17}{'on 512 GPUs':>13}")
+        # a Ray driver burns some CPU per second while idle (gRPC, heartbeats): on this loaded 2-core machine
+        # the larger run also lasts longer, which a fast cluster would not; that share is not per segment
+        idle = run_in(REPO, _IDLE, str(args.actors * 2), str(args.actors), "20")["cpu_per_s"]
+        print(f"an idle Ray driver uses {idle * 1e3:.1f} ms of CPU per second (subtracted for the longer run's "
+              "extra wall time)")
         per_seg = {}
         for name, (small, large) in results.items():
-            c = (large["cpu_s"] - small["cpu_s"]) / max(1, large["segments"] - small["segments"])
+            raw = (large["cpu_s"] - small["cpu_s"]) / max(1, large["segments"] - small["segments"])
+            c = (large["cpu_s"] - small["cpu_s"] - idle * (large["wall_s"] - small["wall_s"])) / max(
+                1, large["segments"] - small["segments"])
+            print(f"{name}: {raw * 1e3:.3f} ms/segment before subtracting idle time, "
+                  f"{(large['main_cpu_s'] - small['main_cpu_s']) / max(1, large['segments'] - small['segments']) * 1e3:.3f}"
+                  " ms in the driver's Python thread")
             per_seg[name] = c
             fed = (1 / c) / GPU_SEGMENTS_PER_S if c > 0 else float("inf")
             growth = rss_growth_per_100_shards(large["samples"])
