@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from mava import schema
-from models.options import int_at_least, is_classified, output_option, runtime_option  # noqa: F401 (API)
+from models.options import int_at_least, is_classified, output_option, runtime_option  # noqa: F401  (re-exported)
 from models.options import output_fields as _output_fields
 
 

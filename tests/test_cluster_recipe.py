@@ -80,7 +80,8 @@ def test_fetch_from_a_bucket_loads_in_the_matter(tiny, tmp_path):
     from models.base import MatterConfig
     import torch
 
-    from models.videomama import VideoMaMaMatter, select_weights, weights_sha256
+    from models.checkpoint import select_weights, weights_sha256
+    from models.videomama import VideoMaMaMatter
 
     m = VideoMaMaMatter(MatterConfig(checkpoint=str(dest / CKPT), base_model=str(dest / BASE), device="cpu"))
     originals = [select_weights(tiny[0] / "unet", torch.float32, "unet"),

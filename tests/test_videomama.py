@@ -10,7 +10,8 @@ import torch
 
 from models.base import MatterConfig, build_matter
 from models.tiny import make_tiny
-from models.videomama import CheckpointError, CheckpointMissing, VideoMaMaMatter, model_size
+from models.checkpoint import CheckpointError, CheckpointMissing
+from models.videomama import VideoMaMaMatter, model_size
 
 T, H, W = 3, 64, 96
 

@@ -28,7 +28,8 @@ from models.arch import build_unet, tiny_unet_config
 from models.base import MatterConfig, build_matter, output_fields
 from models.presets import MATTER_PRESETS, preset_config
 from models.tiny import make_tiny
-from models.videomama import (CheckpointError, VideoMaMaMatter, model_size, select_weights, weights_sha256)
+from models.checkpoint import CheckpointError, select_weights, weights_sha256
+from models.videomama import VideoMaMaMatter, model_size
 
 PLAIN = "diffusion_pytorch_model.safetensors"
 FP16 = "diffusion_pytorch_model.fp16.safetensors"
