@@ -14,9 +14,13 @@ import numpy as np
 from mava import schema
 
 
-def output_option(default, why: str = ""):
-    """A config field that changes the bytes a matter writes: it joins the shard fingerprint."""
-    return field(default=default, metadata={"fingerprint": True, "why": why})
+def output_option(default, why: str = "", omit_default: bool = False):
+    """A config field that changes the bytes a matter writes: it joins the shard fingerprint.
+
+    ``omit_default``: an option added after shards were written joins the fingerprint only when it is
+    set to something else than its default, so those shards (whose output the default reproduces) stay
+    valid on a rerun."""
+    return field(default=default, metadata={"fingerprint": True, "why": why, "omit_default": omit_default})
 
 
 def runtime_option(default, why: str = ""):
@@ -85,6 +89,11 @@ class MatterConfig:
     compile_backend: str = runtime_option("inductor", "torch.compile backend: inductor | aot_eager | eager")
     compile_cache: str = runtime_option("", "compiled artefacts shared by actors and restarts: a folder "
                                             "(inductor cache + artefact blobs) or an fsspec URL (blobs)")
+    oracle_damage: str = output_option("", "oracle matter (ground truth from --checkpoint, a gt_alpha folder): "
+                                           "damage its mattes with this mava.degrade alpha damage ('' = none)",
+                                       omit_default=True)
+    oracle_strength: float = output_option(0.0, "oracle matter: strength of oracle_damage in [0, 1]",
+                                           omit_default=True)
 
 
 def is_classified(f) -> bool:
@@ -95,6 +104,20 @@ def is_classified(f) -> bool:
 def output_fields(cls=MatterConfig) -> tuple[str, ...]:
     """Names of the fields of a config dataclass that change output bytes."""
     return tuple(f.name for f in fields(cls) if f.metadata.get("fingerprint"))
+
+
+def fingerprint_options(cfg, names: Sequence[str] | None = None) -> dict:
+    """The output options of config ``cfg`` (only ``names`` when given) as they join a fingerprint:
+    ``omit_default`` fields only when set to something else than their default."""
+    out = {}
+    for f in fields(cfg):
+        if not f.metadata.get("fingerprint") or (names is not None and f.name not in names):
+            continue
+        value = getattr(cfg, f.name)
+        if f.metadata.get("omit_default") and value == f.default:
+            continue
+        out[f.name] = value
+    return out
 
 
 class Matter(Protocol):
@@ -144,8 +167,7 @@ class MatterBase:
     def resolved_options(self) -> dict:
         """Output options with ``auto`` values resolved (override where the config says ``auto``)."""
         cfg = getattr(self, "cfg", None) or MatterConfig()
-        names = output_fields() if self.reads is None else self.reads
-        return {n: getattr(cfg, n) for n in names}
+        return fingerprint_options(cfg, output_fields() if self.reads is None else self.reads)
 
     def constants(self) -> dict:
         """Fixed parameters in code that shape the mattes (e.g. a filter radius); default: none."""
@@ -176,6 +198,7 @@ _REGISTRY: dict[str, str] = {
     "guided": "models.cpu:GuidedMatter",
     "closed-form": "models.cpu:ClosedFormMatter",
     "videomama": "models.videomama:VideoMaMaMatter",
+    "oracle": "models.oracle:OracleMatter",
 }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mava import schema
 from mava.folder import SplitDir
-from models.base import MatterConfig, output_fields
+from models.base import MatterConfig, fingerprint_options
 from pipeline import plan as planning
 from pipeline import sav
 from pipeline.executor import Executor, ResourceConfig, ShardTask, Steps, init_ray
@@ -63,7 +63,7 @@ class JobConfig:
     def content_options(self) -> dict:
         """Job options that change what a shard holds besides the matter: the reader's output options
         (see ReaderConfig's field classification) and whether frames are stored."""
-        return {**{n: getattr(self.reader, n) for n in output_fields(ReaderConfig)}, "frames": self.frames}
+        return {**fingerprint_options(self.reader), "frames": self.frames}
 
 
 @dataclass

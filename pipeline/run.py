@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mava import schema
+from mava.degrade import ALPHA_DAMAGES
 from models.base import MatterConfig, available_matters
 from mava.folder import SplitDir, UnreadableFile
 from models.presets import MATTER_PRESETS, describe_preset, preset_config
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which masklets to matte")
     io.add_argument("--segment-len", type=_int_at_least(1), default=12,
                     help=f"annotated frames per segment (1..{schema.MAX_SEGMENT_LEN})")
+    io.add_argument("--stride", type=_int_at_least(0), default=0,
+                    help="annotated frames between window starts; 0 = --segment-len (windows tile, the last one "
+                         "shifted back). Smaller overlaps every window with the previous one: shared frames are "
+                         "matted twice, which the QC score overlap_mad compares (costs segment_len/stride x compute)")
     io.add_argument("--frames", choices=["jpg", "none"], default="jpg",
                     help="also store the RGB frames of each segment as JPEG (needed for training)")
     io.add_argument("--backend", choices=["decord", "pyav"], default="decord", help="video decoder")
@@ -174,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pad a smaller last batch to --batch-size (one compiled batch shape per bucket)")
     m.add_argument("--compile-backend", choices=["inductor", "aot_eager", "eager"], default="inductor",
                    help="torch.compile backend (with --compile)")
+    m.add_argument("--oracle-damage", default="", choices=["", *ALPHA_DAMAGES], metavar="{" + ",".join(ALPHA_DAMAGES) + "}",
+                   help="oracle matter only (ground truth from --checkpoint, a pipeline.synth gt_alpha/ folder): "
+                        "damage the mattes on purpose (mava.degrade.damage_alpha), e.g. to check QC; '' = none")
+    m.add_argument("--oracle-strength", type=_fraction, default=0.0,
+                   help="oracle matter only: strength of --oracle-damage in [0, 1]")
     m.add_argument("--compile-cache", default="",
                    help="folder or fsspec URL shared by every actor and restart for compiled artefacts (with "
                         "--compile): a restarted actor loads them instead of compiling again")
@@ -229,12 +239,15 @@ def matter_config_from_args(args: argparse.Namespace) -> MatterConfig:
                          cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
                          pin_memory=args.pin_memory, fused_group_norm=args.fused_group_norm,
                          shape_buckets=args.shape_buckets, pad_batch=args.pad_batch,
-                         compile_backend=args.compile_backend, compile_cache=args.compile_cache, **explicit)
+                         compile_backend=args.compile_backend, compile_cache=args.compile_cache,
+                         oracle_damage=args.oracle_damage, oracle_strength=args.oracle_strength, **explicit)
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> JobConfig:
     if not 1 <= args.segment_len <= schema.MAX_SEGMENT_LEN:
         (parser or build_parser()).error(f"--segment-len must be in 1..{schema.MAX_SEGMENT_LEN}")
+    if args.stride > args.segment_len:
+        (parser or build_parser()).error(f"--stride must be at most --segment-len ({args.segment_len})")
     matter = matter_config_from_args(args)
     resources = ResourceConfig(address=args.address, num_actors=args.num_actors, cpu_actors=args.cpu_actors,
                                num_gpus=args.num_gpus, num_cpus=args.num_cpus, dashboard=args.dashboard,
@@ -242,7 +255,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
                                max_restarts=args.max_restarts, writers=args.writers)
     return JobConfig(
         split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,
-        reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, backend=args.backend),
+        reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, stride=args.stride,
+                            backend=args.backend),
         resources=resources, videos_per_shard=args.videos_per_shard,
         shards=args.shards, retry_failed=args.retry_failed, redo_mismatched=args.redo_mismatched,
         verify_skipped=args.verify_skipped, max_matter_failures=args.max_matter_failures,
