@@ -82,7 +82,7 @@ def load(split_dir: str | SplitDir, streaming: bool = False, subset: str | None 
     feats = features(max_frames(split), has_frames(split))
     ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train", features=feats,
                                streaming=streaming, **kwargs)
-    return ds if keys is None else ds.filter(lambda row: row[schema.HF_KEY_COLUMN] in keys)
+    return ds if keys is None else ds.filter(lambda key: key in keys, input_columns=[schema.HF_KEY_COLUMN])
 
 
 def row_arrays(row: dict) -> dict:

@@ -93,9 +93,9 @@ def render(rep: QCReport, max_videos: int = 20) -> str:
     out = [f"split {rep.split}: {rep.ok} ok samples; verdicts from the {rep.verdicts_from}"
            + (" (recomputed: `mava qc --recompute`)" if rep.verdicts_from == "view" else " (default thresholds at write time)")]
     if rep.missing:
-        out.append(f"NOTE: {rep.missing} ok samples have no QC scores (written before QC existed): rerun the job "
-                   "(--redo-mismatched is not needed), or compute them from the shards with "
-                   "`python -m mava qc DIR --recompute --from-tar`")
+        out.append(f"NOTE: {rep.missing} ok samples have no QC scores (written before QC existed; a plain rerun keeps "
+                   "those shards): compute the scores from the shards into the verdict view with "
+                   "`python -m mava qc DIR --recompute --from-tar`, or redo the shards (`pipeline.run ... --shards 0-N`)")
     out.append("verdicts: " + ", ".join(f"{v} {rep.verdicts.get(v, 0)} ({_pct(rep.verdicts.get(v, 0), rep.ok)})"
                                         for v in (*qc.VERDICTS, "none") if v != "none" or rep.verdicts.get(v)))
     out.append("reasons (a sample may have several):")
@@ -155,7 +155,7 @@ def plot_scores(rep: QCReport, path) -> None:
     for ax, s in zip(axes.flat, qc.SCORES):
         v = rep.scores[s]
         warn, fail = rep.thresholds.levels(s)
-        hi = max(float(v.max()) if len(v) else 0.0, 1.5 * max(warn, fail))
+        hi = 1.0 if s in qc.Thresholds.LOWER_IS_WORSE else max(float(v.max()) if len(v) else 0.0, 1.5 * max(warn, fail))
         ax.hist(v, bins=np.linspace(0.0, hi, 31), color="#3b7dd8", edgecolor="white")
         ax.axvline(warn, color="#e0a020", lw=1.5, label="warn")
         ax.axvline(fail, color="#d8543b", lw=1.5, label="fail")
