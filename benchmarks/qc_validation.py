@@ -90,7 +90,7 @@ def mad_obj(p: np.ndarray, g: np.ndarray, m: np.ndarray) -> float:
 
 def dtssd_obj_pairs(p: np.ndarray, g: np.ndarray, m: np.ndarray) -> np.ndarray:
     r = qc.band_radius(m)
-    region = qc._dilate(m[1:] | m[:-1], r).reshape(len(m) - 1, -1).sum(axis=1)
+    region = qc.dilate(m[1:] | m[:-1], r).reshape(len(m) - 1, -1).sum(axis=1)
     d = np.diff(p.astype(np.float64), axis=0) - np.diff(g.astype(np.float64), axis=0)
     v = np.sqrt((d ** 2).reshape(len(d), -1).sum(axis=1) / np.maximum(region, 1))
     return np.where(region > 0, v, np.nan)

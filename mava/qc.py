@@ -55,10 +55,6 @@ SCORES = SAMPLE_SCORES + WINDOW_SCORES
 VERDICTS = (schema.QC_PASS, schema.QC_WARN, schema.QC_FAIL)
 
 
-def _disk(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
 def as_float_alpha(alpha: np.ndarray) -> np.ndarray:
     """float32 alpha in [0,1] from uint8 (0..255) or float."""
     a = np.asarray(alpha)
@@ -75,20 +71,31 @@ def band_radius(masks: np.ndarray) -> int:
     return int(max(1, min(r, round(BAND_MAX_FRAC * max(m.shape[1:])))))
 
 
-def _morph(masks: np.ndarray, radius: int, op) -> np.ndarray:
-    k = _disk(radius)
-    u8 = masks.astype(np.uint8)
-    return np.stack([op(x, k, borderType=cv2.BORDER_CONSTANT, borderValue=0) for x in u8]).astype(bool)
+def _outside_distance(masks: np.ndarray) -> np.ndarray:
+    """float32[T,H,W]: each pixel's Euclidean distance to the nearest mask pixel of its frame (0 inside;
+    large in a frame without mask)."""
+    out = np.empty(masks.shape, np.float32)
+    for t, m in enumerate(masks):
+        out[t] = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5) if m.any() else np.inf
+    return out
 
 
-def _dilate(masks: np.ndarray, radius: int) -> np.ndarray:
-    return _morph(masks, radius, cv2.dilate)
+def dilate(masks: np.ndarray, radius: float) -> np.ndarray:
+    """bool[T,H,W]: pixels within ``radius`` of the mask (a disk dilation; O(pixels) at any radius)."""
+    return _outside_distance(np.asarray(masks, bool)) <= radius
 
 
-def _erode(masks: np.ndarray, radius: int) -> np.ndarray:
-    # pixels beyond the frame count as mask (an object cut by the frame border keeps its core)
-    k = _disk(radius)
-    return np.stack([cv2.erode(x, k, borderType=cv2.BORDER_REPLICATE) for x in masks.astype(np.uint8)]).astype(bool)
+def erode(masks: np.ndarray, radius: float) -> np.ndarray:
+    """bool[T,H,W]: mask pixels farther than ``radius`` from every non-mask pixel of the frame (pixels
+    beyond the frame count as mask, so an object cut by the border keeps its core)."""
+    m = np.asarray(masks, bool)
+    out = np.zeros(m.shape, bool)
+    for t, x in enumerate(m):
+        if x.all():
+            out[t] = True
+        elif x.any():
+            out[t] = cv2.distanceTransform(x.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5) > radius
+    return out
 
 
 def _centroid(m: np.ndarray) -> tuple[float, float] | None:
@@ -101,34 +108,44 @@ def _shift(x: np.ndarray, dy: float, dx: float) -> np.ndarray:
     return cv2.warpAffine(x, mat, (x.shape[1], x.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
-def change_series(alpha: np.ndarray, masks: np.ndarray, radius: int | None = None) -> np.ndarray:
+def change_series(alpha: np.ndarray, masks: np.ndarray, radius: int | None = None,
+                  near: np.ndarray | None = None) -> np.ndarray:
     """Per consecutive frame pair, the RMS per object pixel of the alpha change the mask does not
-    explain; NaN where both masks are empty. float64[T-1].
+    explain; NaN where both masks are empty. float64[T-1]. ``near``: dilate(masks, r) when known.
 
     The earlier frame's alpha and mask are moved by the mask's centroid motion (the object's motion),
     the residual d = (a_t - moved a_t-1) - (M_t - moved M_t-1) is blurred by a Gaussian of sigma
     SMOOTH * r (a soft and a hard edge that deform alike move the same alpha mass) and measured as
-    sqrt(sum d^2 / |dilate(M_t or M_t-1, r)|)."""
+    sqrt(sum d^2 / |dilate(M_t or M_t-1, r)|). A wide blur is computed on a grid coarser by up to a
+    third of its sigma (area-averaged first), where it is as smooth."""
     a = as_float_alpha(alpha)
     m = np.asarray(masks, bool)
     if len(a) < 2:
         return np.zeros(0)
     r = band_radius(m) if radius is None else radius
-    region = _dilate(m[1:] | m[:-1], r).reshape(len(a) - 1, -1).sum(axis=1)
-    mf = m.astype(np.float32)
-    out = np.full(len(a) - 1, np.nan)
+    near = dilate(m, r) if near is None else near
+    region = (near[1:] | near[:-1]).reshape(len(a) - 1, -1).sum(axis=1)   # dilate(M_t or M_t-1, r)
+    sigma = SMOOTH * r
+    f = max(1, int(sigma // 3))
+    h, w = a.shape[1:]
     cents = [_centroid(x) for x in m]
+
+    def small(x: np.ndarray) -> np.ndarray:
+        return cv2.resize(x, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA) if f > 1 else x
+
+    af, mf = [small(x) for x in a], [small(x.astype(np.float32)) for x in m]
+    out = np.full(len(a) - 1, np.nan)
     for t in range(1, len(a)):
         if region[t - 1] == 0:
             continue
-        pa, pm = a[t - 1], mf[t - 1]
+        pa, pm = af[t - 1], mf[t - 1]
         if cents[t] is not None and cents[t - 1] is not None:
-            dy, dx = cents[t][0] - cents[t - 1][0], cents[t][1] - cents[t - 1][1]
+            dy, dx = (cents[t][0] - cents[t - 1][0]) / f, (cents[t][1] - cents[t - 1][1]) / f
             pa, pm = _shift(pa, dy, dx), _shift(pm, dy, dx)
-        d = (a[t] - pa) - (mf[t] - pm)
-        if SMOOTH > 0:
-            d = cv2.GaussianBlur(d, (0, 0), SMOOTH * r, borderType=cv2.BORDER_REFLECT)
-        out[t - 1] = np.sqrt(float((d.astype(np.float64) ** 2).sum()) / region[t - 1])
+        d = (af[t] - pa) - (mf[t] - pm)
+        if sigma > 0:
+            d = cv2.GaussianBlur(d, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
+        out[t - 1] = np.sqrt(float((d.astype(np.float64) ** 2).sum()) * f * f / region[t - 1])
     return out
 
 
@@ -145,7 +162,7 @@ def sample_scores(alpha: np.ndarray, masks: np.ndarray) -> dict[str, float | Non
     if a.shape != m.shape or a.ndim != 3:
         raise ValueError(f"alpha {a.shape} and masks {m.shape} must both be [T,H,W]")
     r = band_radius(m)
-    dil, ero = _dilate(m, r), _erode(m, r)
+    dil, ero = dilate(m, r), erode(m, r)
     hi, lo = int((a > STABLE_HI).sum()), int((a > STABLE_LO).sum())
     total = float(a.sum(dtype=np.float64))
     core = int(ero.sum())
@@ -157,7 +174,7 @@ def sample_scores(alpha: np.ndarray, masks: np.ndarray) -> dict[str, float | Non
         Col.HOLE: float((ero & (a < HOLE_ALPHA)).sum() / core) if core else None,
         Col.OFF_BAND: float((np.where(m, 1 - a, a) * (semi & ~(dil & ~ero))).sum(dtype=np.float64) / area)
         if area else None,
-        Col.FLICKER: _nanmean(change_series(a, m, r)),
+        Col.FLICKER: _nanmean(change_series(a, m, r, dil)),
     }
 
 
@@ -179,7 +196,7 @@ def overlap_mad(a: np.ndarray, b: np.ndarray, masks: np.ndarray, radius: int | N
     masks are empty."""
     m = np.asarray(masks, bool)
     r = band_radius(m) if radius is None else radius
-    region = _dilate(m, r).reshape(len(m), -1).sum(axis=1)
+    region = dilate(m, r).reshape(len(m), -1).sum(axis=1)
     diff = np.abs(as_float_alpha(a).astype(np.float64) - as_float_alpha(b)).reshape(len(m), -1).sum(axis=1)
     ok = region > 0
     return float((diff[ok] / region[ok]).mean()) if ok.any() else None

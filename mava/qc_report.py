@@ -177,7 +177,7 @@ def score_map(score: str, alpha: np.ndarray, masks: np.ndarray) -> np.ndarray:
     a = qc.as_float_alpha(alpha)
     m = np.asarray(masks, bool)
     r = qc.band_radius(m)
-    dil, ero = qc._dilate(m, r), qc._erode(m, r)
+    dil, ero = qc.dilate(m, r), qc.erode(m, r)
     if score == Col.STABILITY:
         return ((a > qc.STABLE_LO) & (a <= qc.STABLE_HI)).astype(np.float32)
     if score == Col.LEAK:

@@ -50,13 +50,13 @@ def test_scores_measure_what_their_formulas_say():
     assert s[Col.LEAK] == pytest.approx(36 / (m[0].sum() + 36))
     a = m.astype(np.float32)
     a[:, 28:36, 36:44] = 0.0                           # a 64 px hole in the core
-    core = qc._erode(m, r)
+    core = qc.erode(m, r)
     assert s != (s := qc.sample_scores(a, m))
     assert s[Col.HOLE] == pytest.approx((core & (a < 0.5)).sum() / core.sum())
     a = m.astype(np.float32) * 0.5                     # everything half transparent
     s = qc.sample_scores(a, m)
     assert s[Col.STABILITY] == 0.0                     # nothing above 0.75, all above 0.25
-    band = qc._dilate(m, r) & ~core
+    band = qc.dilate(m, r) & ~core
     assert s[Col.OFF_BAND] == pytest.approx(0.5 * (m & ~band).sum() / m.sum())
     a = m.astype(np.float32)
     a[1::2] *= 0.6                                     # opacity flickers frame to frame
@@ -75,7 +75,7 @@ def test_window_scores_compare_windows_of_one_masklet():
     assert same["k4"][Col.OVERLAP_MAD] == 0.0 and same["k4"][Col.SEAM_JUMP] < 1.5
     off = qc.Window("k4", list(range(4, 16)), a[4:16] * 0.5, m[4:16])   # the later window disagrees
     diff = qc.window_scores([w1, off])["k4"]
-    region = qc._dilate(m[4:12], qc.band_radius(m[4:12])).reshape(8, -1).sum(1)
+    region = qc.dilate(m[4:12], qc.band_radius(m[4:12])).reshape(8, -1).sum(1)
     assert diff[Col.OVERLAP_MAD] == pytest.approx(np.mean(0.5 * m[4:12].reshape(8, -1).sum(1) / region), rel=1e-5)
     assert diff[Col.SEAM_JUMP] > 10                    # a jump at its first new frame (12)
 
