@@ -202,30 +202,33 @@ def overlap_mad(a: np.ndarray, b: np.ndarray, masks: np.ndarray, radius: int | N
     return float((diff[ok] / region[ok]).mean()) if ok.any() else None
 
 
-def window_scores(windows: list[Window]) -> dict[str, dict[str, float | None]]:
+def window_scores(windows: Iterable[Window]) -> dict[str, dict[str, float | None]]:
     """``overlap_mad`` and ``seam_jump`` of each window of one masklet, against its earlier windows
-    (key -> scores; the first window's are None). Windows are taken in start order."""
-    ws = sorted(windows, key=lambda w: w.ann[0])
+    (key -> scores; the first window's are None). Windows must come in start order; only those that can
+    still share frames with a later one are kept (memory: a few windows, not the masklet)."""
     out: dict[str, dict[str, float | None]] = {}
-    changes = [change_series(w.alpha, w.masks) for w in ws]
-    for i, w in enumerate(ws):
+    recent: list[tuple[Window, np.ndarray]] = []      # earlier windows (with their change series), by start
+    covered: set[int] = set()
+    last_start = None
+    for w in windows:
+        if last_start is not None and w.ann[0] < last_start:
+            raise ValueError("windows must come in start order")
+        last_start = w.ann[0]
+        changes = change_series(w.alpha, w.masks)
         res: dict[str, float | None] = {Col.OVERLAP_MAD: None, Col.SEAM_JUMP: None}
         pos = {f: t for t, f in enumerate(w.ann)}
-        # overlap: every earlier window sharing frames; each shared frame counted once per earlier window
-        vals = []
-        for p in ws[:i]:
+        vals = []      # overlap: every earlier window sharing frames; each shared frame once per window
+        for p, _ in recent:
             shared = [(t, pos[f]) for t, f in enumerate(p.ann) if f in pos]
             if shared:
-                ip, iw = zip(*shared)
-                v = overlap_mad(p.alpha[list(ip)], w.alpha[list(iw)], w.masks[list(iw)])
+                ip, iw = (list(x) for x in zip(*shared))
+                v = overlap_mad(p.alpha[ip], w.alpha[iw], w.masks[iw])
                 if v is not None:
                     vals.append((v, len(shared)))
         if vals:
             res[Col.OVERLAP_MAD] = sum(v * n for v, n in vals) / sum(n for _, n in vals)
-        # seam: the pair (last frame before w's first new frame, from the previous window) -> that new frame
-        if i > 0:
-            p = ws[i - 1]
-            covered = {f for q in ws[:i] for f in q.ann}
+        if recent:    # seam: (last frame before w's first new frame, from the previous window) -> that frame
+            p, p_changes = recent[-1]
             new = [t for t, f in enumerate(w.ann) if f not in covered]
             f_prev = w.ann[new[0]] - 1 if new else None
             if f_prev in p.ann:
@@ -233,11 +236,13 @@ def window_scores(windows: list[Window]) -> dict[str, dict[str, float | None]]:
                 pair_a = np.stack([as_float_alpha(p.alpha[tp]), as_float_alpha(w.alpha[tw])])
                 pair_m = np.stack([p.masks[tp], w.masks[tw]])
                 c = change_series(pair_a, pair_m, band_radius(np.concatenate([p.masks, w.masks])))[0]
-                inside = np.concatenate([changes[i - 1], changes[i]])
+                inside = np.concatenate([p_changes, changes])
                 inside = inside[np.isfinite(inside)]
                 if np.isfinite(c) and len(inside):
                     res[Col.SEAM_JUMP] = float(c / max(float(np.median(inside)), SEAM_FLOOR))
         out[w.key] = res
+        covered.update(w.ann)
+        recent = [(p, c) for p, c in recent if p.ann[-1] >= w.ann[0]] + [(w, changes)]
     return out
 
 
@@ -353,11 +358,10 @@ def score_rows(rows: list[dict], members: Callable[[str], Mapping[str, bytes]],
                th: Thresholds | None = None) -> list[dict]:
     """Add ``overlap_mad``, ``seam_jump`` (from the decoded windows of each masklet with more than one
     window) and the verdict columns to manifest rows; ``members(key)`` gives a sample's ext -> bytes.
-    Memory: one masklet's windows at a time. Returns the rows (updated in place)."""
+    Memory: a few windows at a time. Returns the rows (updated in place)."""
     for group in masklet_groups(rows).values():
         if len(group) > 1:
-            wins = [window_of(r[Col.KEY], members(r[Col.KEY])) for r in group]
-            scores = window_scores(wins)
+            scores = window_scores(window_of(r[Col.KEY], members(r[Col.KEY])) for r in group)
             for r in group:
                 r.update(scores[r[Col.KEY]])
     for r in rows:

@@ -140,10 +140,17 @@ def scores_from_tar(split_dir: str | SplitDir, only_missing: bool = True, progre
         groups = {k: g for k, g in groups.items() if any(all(r[s] is None for s in qc.SAMPLE_SCORES) for r in g)}
     out: dict[str, dict] = {}
     for group in tqdm(groups.values(), desc="scores from tar", disable=not progress):
-        wins = [qc.window_of(r[Col.KEY], split.row_members(r)) for r in group]
-        cross = qc.window_scores(wins)
-        for w in wins:
-            out[w.key] = qc.sample_scores(w.alpha, w.masks) | cross[w.key]
+        sample: dict[str, dict] = {}
+
+        def windows(group=group):
+            for r in group:
+                w = qc.window_of(r[Col.KEY], split.row_members(r))
+                sample[w.key] = qc.sample_scores(w.alpha, w.masks)
+                yield w
+
+        cross = qc.window_scores(windows())
+        for key, scores in sample.items():
+            out[key] = scores | cross[key]
     return out
 
 

@@ -70,7 +70,9 @@ def test_window_scores_compare_windows_of_one_masklet():
     a = m.astype(np.float32)
     w1 = qc.Window("k0", list(range(0, 12)), a[0:12], m[0:12])
     w2 = qc.Window("k4", list(range(4, 16)), a[4:16], m[4:16])
-    same = qc.window_scores([w2, w1])                  # any order
+    with pytest.raises(ValueError, match="start order"):
+        qc.window_scores([w2, w1])
+    same = qc.window_scores(iter([w1, w2]))            # a stream, as the writer decodes them
     assert same["k0"] == {Col.OVERLAP_MAD: None, Col.SEAM_JUMP: None}
     assert same["k4"][Col.OVERLAP_MAD] == 0.0 and same["k4"][Col.SEAM_JUMP] < 1.5
     off = qc.Window("k4", list(range(4, 16)), a[4:16] * 0.5, m[4:16])   # the later window disagrees
@@ -155,6 +157,22 @@ def test_stride_tiles_with_overlap_and_default_is_unchanged():
     assert ReaderConfig(segment_len=12, stride=12).stride == 0      # the default tiling, one fingerprint
     with pytest.raises(ValueError, match="stride"):
         ReaderConfig(stride=-1)
+
+
+def test_stride_in_the_cost_model_and_the_command_line(synth_split):
+    from pipeline import run
+    from pipeline.cost import count_split
+
+    tiled = count_split(str(synth_split), ReaderConfig(segment_len=6), progress=False)
+    strided = count_split(str(synth_split), ReaderConfig(segment_len=6, stride=3), progress=False)
+    assert strided.span_frames == tiled.span_frames and strided.segment_frames > tiled.segment_frames
+    p = run.build_parser()
+    cfg = run.config_from_args(p.parse_args(["--split", "s", "--segment-len", "6", "--stride", "3"]), p)
+    assert cfg.reader.stride == 3
+    assert run.config_from_args(p.parse_args(["--split", "s", "--stride", "12"]), p).reader.stride == 0
+    with pytest.raises(SystemExit) as exc:
+        run.config_from_args(p.parse_args(["--split", "s", "--stride", "13"]), p)
+    assert exc.value.code == 2
 
 
 def test_options_added_later_join_fingerprints_only_when_set():
@@ -347,6 +365,14 @@ def test_qc_report_sheet_recompute_filter_and_subsets(oracle_jobs, tmp_path):
     assert {c["key"] for c in StreamingClips(str(d), cfg, subset="clean", shuffle_shards=False)} == keys
     with pytest.raises(views.ViewError, match="no view 'other'"):
         RandomAccessClips(str(d), cfg, subset="other")
+    from mava import export, hf
+
+    ds = hf.load(str(d), subset="clean", cache_dir=str(tmp_path / "hf"))
+    assert sorted(ds[schema.HF_KEY_COLUMN]) == sorted(keys)
+    some = next(r for r in ok if r[Col.KEY] in keys)
+    res = export.export(str(d), some[Col.VIDEO_ID], some[Col.MASKLET_ID], str(tmp_path / "x"), subset="clean", png=False)
+    assert {w.key for w in res.stitched.windows} == {r[Col.KEY] for r in ok if r[Col.KEY] in keys and
+                                                    (r[Col.VIDEO_ID], r[Col.MASKLET_ID]) == (some[Col.VIDEO_ID], some[Col.MASKLET_ID])}
     res = _mava("verify", str(d), "--no-progress")
     assert res.returncode == 0, res.stdout + res.stderr      # the views folder is not part of the shards
     for bad in (["qc", str(d), "--recompute", "--thresholds", "leak=1"], ["qc", str(d), "--thresholds", "leak_warn=1"],
