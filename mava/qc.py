@@ -149,6 +149,25 @@ def change_series(alpha: np.ndarray, masks: np.ndarray, radius: int | None = Non
     return out
 
 
+def change_maps(alpha: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """float32[T,H,W]: |the residual d of :func:`change_series`| of the pair ending at each frame (frame 0
+    and pairs without an earlier mask position: zeros), at full resolution; for pictures of flicker."""
+    a = as_float_alpha(alpha)
+    m = np.asarray(masks, bool)
+    r = band_radius(m)
+    out = np.zeros(a.shape, np.float32)
+    cents = [_centroid(x) for x in m]
+    mf = m.astype(np.float32)
+    for t in range(1, len(a)):
+        pa, pm = a[t - 1], mf[t - 1]
+        if cents[t] is not None and cents[t - 1] is not None:
+            dy, dx = cents[t][0] - cents[t - 1][0], cents[t][1] - cents[t - 1][1]
+            pa, pm = _shift(pa, dy, dx), _shift(pm, dy, dx)
+        d = (a[t] - pa) - (mf[t] - pm)
+        out[t] = np.abs(cv2.GaussianBlur(d, (0, 0), SMOOTH * r, borderType=cv2.BORDER_REFLECT) if SMOOTH * r > 0 else d)
+    return out
+
+
 def _nanmean(v: np.ndarray) -> float | None:
     v = v[np.isfinite(v)]
     return float(v.mean()) if len(v) else None

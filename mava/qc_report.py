@@ -187,11 +187,8 @@ def score_map(score: str, alpha: np.ndarray, masks: np.ndarray) -> np.ndarray:
     if score == Col.OFF_BAND:
         semi = (a > schema.SEMI_LO) & (a < schema.SEMI_HI)
         return (np.where(m, 1 - a, a) * (semi & ~(dil & ~ero))).astype(np.float32)
-    # temporal scores: the change the mask does not explain, ending at each frame (frame 0: none)
-    d = np.zeros_like(a)
-    if len(a) > 1:
-        d[1:] = np.abs(np.diff(a, axis=0) - np.diff(m.astype(np.float32), axis=0))
-    return d
+    # temporal scores: the change the mask does not explain (motion-compensated, as flicker measures it)
+    return qc.change_maps(a, m)
 
 
 def _heat(x: np.ndarray, tile: int) -> np.ndarray:
