@@ -9,10 +9,13 @@ may legitimately lie):
   on alpha); low for a blurred or washed-out matte. 1 when nothing exceeds 0.25.
 - ``leak`` = sum a * (1 - dilate(M, r)) / sum a: the share of the matte lying away from the mask.
 - ``hole`` = |erode(M, r) and a < 0.5| / |erode(M, r)|: the share of the mask's core left open.
-- ``off_band`` = |semi and not band| / |M|: semi-transparent pixels (0.02 < a < 0.98) off the edge band,
-  per mask pixel (smoke, glass, a veil over the object, soft leaks).
-- ``flicker``: temporal change of alpha the mask does not explain, dtSSD against the mask per object
-  pixel: mean over frame pairs of sqrt(sum((a_t - a_t-1) - (M_t - M_t-1))^2 / |dilate(M_t or M_t-1, r)|).
+- ``off_band`` = sum over semi-transparent pixels (0.02 < a < 0.98) off the edge band of (1 - a inside M,
+  a outside M), / |M|: partial transparency where the matte should be decided (smoke, glass, a veil
+  over the object, soft leaks), per mask pixel.
+- ``flicker``: temporal change of alpha the mask does not explain, a dtSSD against the mask per object
+  pixel: the mean over frame pairs of :func:`change_series` (the earlier frame moved by the mask
+  centroid's motion, the residual (a_t - W a_t-1) - (M_t - W M_t-1) blurred by sigma SMOOTH * r, RMS over
+  |dilate(M_t or M_t-1, r)|).
 
 Scores of a window against the earlier windows of its masklet (stored on the later window):
 
@@ -62,7 +65,8 @@ def as_float_alpha(alpha: np.ndarray) -> np.ndarray:
 
 
 def band_radius(masks: np.ndarray) -> int:
-    """Half-width r of the edge band of a clip's masks bool[T,H,W], in pixels (see the module docstring)."""
+    """Half-width r of the edge band of a clip's masks bool[T,H,W], in pixels: BAND_FRAC * sqrt(mean mask
+    area over the frames that have one), at least BAND_MIN_PX, at most BAND_MAX_FRAC of the long side."""
     m = np.asarray(masks, bool)
     areas = m.reshape(len(m), -1).sum(axis=1)
     areas = areas[areas > 0]
@@ -318,7 +322,7 @@ class Thresholds:
         return cls(**{k: float(v) for k, v in (d or {}).items() if k in names})
 
 
-def _crossed(score: str, value: float, level: float, lower_is_worse: bool) -> float:
+def past_level(value: float, level: float, lower_is_worse: bool) -> float:
     """How far past `level` a value lies, relative to the level (0 or less: not crossed)."""
     scale = abs(level) or 1.0
     return (level - value) / scale if lower_is_worse else (value - level) / scale
@@ -335,10 +339,10 @@ def verdict(scores: Mapping[str, float | None], th: Thresholds | None = None) ->
             continue
         warn, fail = th.levels(s)
         low = s in Thresholds.LOWER_IS_WORSE
-        if _crossed(s, v, fail, low) > 0:
-            fails.append((_crossed(s, v, fail, low), s))
-        elif _crossed(s, v, warn, low) > 0:
-            warns.append((_crossed(s, v, warn, low), s))
+        if past_level(v, fail, low) > 0:
+            fails.append((past_level(v, fail, low), s))
+        elif past_level(v, warn, low) > 0:
+            warns.append((past_level(v, warn, low), s))
     reasons = [s for _, s in sorted(fails, reverse=True)] + [s for _, s in sorted(warns, reverse=True)]
     qc = schema.QC_FAIL if fails else schema.QC_WARN if warns else schema.QC_PASS
     return qc, ",".join(reasons)

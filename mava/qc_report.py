@@ -10,7 +10,6 @@ import posixpath
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from mava import qc, schema, views
@@ -45,7 +44,7 @@ def severity(row: dict, th: qc.Thresholds) -> float:
         if v is None or not np.isfinite(v):
             continue
         warn, _ = th.levels(s)
-        worst = max(worst, qc._crossed(s, v, warn, s in qc.Thresholds.LOWER_IS_WORSE))
+        worst = max(worst, qc.past_level(v, warn, s in qc.Thresholds.LOWER_IS_WORSE))
     return float(worst)
 
 
@@ -62,7 +61,7 @@ def build(split_dir: str | SplitDir, worst: int = 12) -> QCReport:
         for s in filter(None, (r[Col.QC_REASON] or "").split(",")):
             warn, fail = th.levels(s)
             low = s in qc.Thresholds.LOWER_IS_WORSE
-            level = schema.QC_FAIL if r[s] is not None and qc._crossed(s, r[s], fail, low) > 0 else schema.QC_WARN
+            level = schema.QC_FAIL if r[s] is not None and qc.past_level(r[s], fail, low) > 0 else schema.QC_WARN
             reasons.setdefault(s, {schema.QC_FAIL: 0, schema.QC_WARN: 0})[level] += 1
     per_video: dict[str, dict] = {}
     for r in rows:
@@ -305,7 +304,3 @@ def card_section(split_dir: str | SplitDir, fs=None, froot: str | None = None, f
             lines += [f"The {len(rep.worst)} samples QC trusts least (frame with the input mask, the mask, alpha, "
                       "and where the score that flagged each looks):", "", f"![worst samples]({fig_rel}/{WORST_PNG})", ""]
     return lines, figures
-
-
-def table_rows(t: pa.Table) -> list[dict]:
-    return t.to_pylist()
