@@ -14,6 +14,7 @@ BENCHMARKS = (
     ("pipeline overhead", "benchmarks.pipeline_bench"),
     ("training loaders", "benchmarks.loader_bench"),
     ("shard writer memory (streaming vs whole shard)", "benchmarks.writer_bench"),
+    ("QC scores against graded damage of ground truth", "benchmarks.qc_validation"),
     ("VideoMaMa stages (tiny config on CPU)", "benchmarks.gpu_matter"),
 )
 

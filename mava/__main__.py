@@ -102,7 +102,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground truth in `mava eval`'s layout: the seam is then dtSSD proper")
     x.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality (0 best, 51 worst; the default keeps 8-bit mattes within a few levels)")
     x.add_argument("--no-png", action="store_true", help="only the MP4(s) and the report")
+    x.add_argument("--subset", default=None, metavar="VIEW",
+                   help="only the windows in this named view (`mava filter`); the others become gaps")
+    _qc_parsers(sub, fmt)
     return p
+
+
+def _qc_parsers(sub, fmt) -> None:
+    """``mava qc`` and ``mava filter`` (issue 18: quality control, named views)."""
+    k = sub.add_parser("qc", help="quality control: score distributions, verdicts by reason, per-video summaries, "
+                       "the worst samples (and a contact sheet of them); --recompute rewrites only the verdict view",
+                       formatter_class=fmt)
+    k.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    k.add_argument("--worst", type=int, default=12, help="list (and draw) the N samples QC trusts least")
+    k.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet of the worst samples: frame with the "
+                   "input mask, the mask, alpha, and where the score that flagged each looks")
+    k.add_argument("--plot", metavar="FILE.png", help="write histograms of the scores with their thresholds")
+    k.add_argument("--recompute", action="store_true",
+                   help=f"recompute every verdict from the stored scores with --thresholds and write the verdict "
+                        f"view ({schema.view_file(schema.VERDICT_VIEW)}); shards and manifests are untouched")
+    k.add_argument("--thresholds", default="", metavar="NAME=VALUE,...",
+                   help="with --recompute: thresholds over the defaults, e.g. 'leak_warn=0.02,leak_fail=0.1' "
+                        "(names: <score>_warn, <score>_fail; see README 'Quality control')")
+    k.add_argument("--from-tar", action="store_true",
+                   help="with --recompute: compute the scores missing from the manifest (output written before QC "
+                        "existed) from the samples in the shards, into the verdict view")
+    k.add_argument("--json", action="store_true", help="print verdict and reason counts as JSON")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f = sub.add_parser("filter", help="record a named subset (a view: keys + predicate) of the ok samples, e.g. "
+                       "--where \"qc = 'pass' and leak < 0.02\" --name clean; loaders take subset=NAME",
+                       formatter_class=fmt)
+    f.add_argument("dir", help="split folder <out>/<split> (path or fsspec URL)")
+    f.add_argument("--where", required=True, help="SQL predicate over the manifest's columns (QC scores, qc, "
+                   "qc_reason, mask_iou, ...); verdicts from the verdict view when `mava qc --recompute` wrote one")
+    f.add_argument("--name", required=True, help=f"view name (letters, digits, _ and -): {schema.view_file('NAME')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,13 +221,16 @@ def _run(args: argparse.Namespace) -> int:
 
         try:
             res = export.export(args.dir, args.video_id, args.masklet, args.out, source=args.source, gt_dir=args.gt,
-                                fps=args.fps, upsample_method=args.upsample, crf=args.crf, png=not args.no_png)
+                                fps=args.fps, upsample_method=args.upsample, crf=args.crf, png=not args.no_png,
+                                subset=args.subset)
         except KeyError as exn:
             print(f"error: {exn.args[0]}", file=sys.stderr)
             return 2
         print(export.render(res.report))
         print(" ".join(res.files))
         return 0
+    if args.cmd in ("qc", "filter"):
+        return _run_qc(args)
     if args.cmd == "eval":
         import fsspec
 
@@ -219,6 +255,38 @@ def _run(args: argparse.Namespace) -> int:
             ev.write_json(rep, args.json)
         return 0
     return 2
+
+
+def _run_qc(args: argparse.Namespace) -> int:
+    """``mava qc`` / ``mava filter``: exit 0, or 2 with one line for a bad threshold, predicate or view name."""
+    from mava import qc, qc_report, views
+
+    try:
+        if args.cmd == "filter":
+            url, view = views.filter_view(args.dir, args.where, args.name)
+            print(f"view {args.name}: {len(view.keys)} samples where {args.where} -> {url}")
+            return 0
+        if args.thresholds and not args.recompute:
+            print("error: --thresholds needs --recompute", file=sys.stderr)
+            return 2
+        if args.recompute:
+            th = qc.Thresholds.parse(args.thresholds)
+            url, _ = views.write_verdicts(args.dir, th, from_tar=args.from_tar, progress=not args.no_progress)
+            print(f"verdict view -> {url}")
+    except (views.ViewError, ValueError) as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    rep = qc_report.build(args.dir, args.worst)
+    if args.json:
+        print(json.dumps({"ok": rep.ok, "missing_scores": rep.missing, "verdicts": rep.verdicts,
+                          "reasons": rep.reasons, "thresholds": rep.thresholds.as_dict()}, indent=1))
+    else:
+        print(qc_report.render(rep))
+    if args.plot:
+        qc_report.plot_scores(rep, args.plot)
+    if args.sheet:
+        qc_report.worst_sheet(args.dir, rep.worst).save(args.sheet)
+    return 0
 
 
 if __name__ == "__main__":

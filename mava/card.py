@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from mava import hf, schema, stats
+from mava import hf, qc_report, schema, stats
 from mava.schema import Col
 from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
 from mava.manifest import ok_rows
@@ -366,6 +366,10 @@ def build(split_dir: str | SplitDir, card_path: str | None = None, figures_dir: 
         if "previews" in figures:
             body += ["A few samples (middle frame of the first segment of distinct clips):", "",
                      f"![previews]({fig_rel}/{PREVIEWS_PNG})", ""]
+    qc_lines, qc_figures = qc_report.card_section(split, ffs if figures_dir is not None else None,
+                                                  froot if figures_dir is not None else None, fig_rel)
+    body += qc_lines
+    figures |= qc_figures
     body += _how_made(prov)
     body += _loading(hub_split, dpath, split, hf.max_frames(split))
     return Card(head, "\n".join(body), figures)

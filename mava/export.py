@@ -34,6 +34,7 @@ from mava.eval import gt_path, read_alpha_png
 from mava.folder import SplitDir, as_split
 from mava.manifest import ok_rows
 from mava.sample import decode_sample
+from mava.views import subset_keys
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,13 @@ class Stitched:
         return f"{self.video_id}_{schema.SOURCE_CODE[self.source]}{self.masklet_id:03d}"
 
 
-def load_windows(split_dir: str | SplitDir, video_id: str, masklet_id: int, source: str | None = None
-                 ) -> tuple[str, list[Window]]:
-    """(source, windows in start order) of one masklet's ok samples; `source` None picks manual if present."""
+def load_windows(split_dir: str | SplitDir, video_id: str, masklet_id: int, source: str | None = None,
+                 subset: str | None = None) -> tuple[str, list[Window]]:
+    """(source, windows in start order) of one masklet's ok samples; `source` None picks manual if present;
+    `subset`: only the samples of that named view (``mava filter``)."""
     split = as_split(split_dir)
-    rows = [r for r in ok_rows(split) if r[Col.VIDEO_ID] == video_id and r[Col.MASKLET_ID] == int(masklet_id)]
+    keep = None if subset is None else subset_keys(split, subset)
+    rows = [r for r in ok_rows(split, keep) if r[Col.VIDEO_ID] == video_id and r[Col.MASKLET_ID] == int(masklet_id)]
     sources = sorted({r[Col.SOURCE] for r in rows})
     if source is None:
         source = "manual" if "manual" in sources else (sources[0] if sources else "manual")
@@ -245,12 +248,12 @@ class ExportResult:
 
 def export(split_dir: str | SplitDir, video_id: str, masklet_id: int, out_dir: str, source: str | None = None,
            gt_dir: str | None = None, fps: float = ANN_FPS, upsample_method: str = "nearest", crf: int = DEFAULT_CRF,
-           png: bool = True) -> ExportResult:
+           png: bool = True, subset: str | None = None) -> ExportResult:
     """Stitch one masklet and write its PNG sequence, MP4 and report (``export.json``) under `out_dir`;
     with ``fps=24`` also the 24 fps timeline (PNGs named by video frame, and an MP4)."""
     if fps not in (ANN_FPS, VIDEO_FPS):
         raise ValueError(f"fps must be {ANN_FPS:g} (annotated frames) or {VIDEO_FPS:g} (the video timeline)")
-    source, windows = load_windows(split_dir, video_id, masklet_id, source)
+    source, windows = load_windows(split_dir, video_id, masklet_id, source, subset)
     st = stitch(video_id, source, masklet_id, windows)
     gt = read_gt(gt_dir, st) if gt_dir else None
     fs, root = fsspec.core.url_to_fs(out_dir)

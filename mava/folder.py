@@ -89,6 +89,29 @@ class _NoLoop:
         raise RuntimeError("a SplitDir over a synchronous filesystem has no event loop")
 
 
+def is_legacy_manifest(table: pa.Table) -> bool:
+    """True for a manifest written before the QC columns (``schema.QC_COLUMNS``) existed."""
+    return table.schema.names == list(schema.LEGACY_MANIFEST_COLUMNS)
+
+
+def conform_manifest(table: pa.Table) -> pa.Table:
+    """A manifest table with exactly MANIFEST_SCHEMA: one written before the QC columns gets them as
+    nulls; ValueError says why another table does not fit."""
+    if is_legacy_manifest(table):
+        n = table.num_rows
+        for name in schema.QC_COLUMNS:
+            col = schema.MANIFEST_SCHEMA.field(name)
+            table = table.append_column(col, pa.nulls(n, col.type))
+    if table.schema.names != list(schema.MANIFEST_COLUMNS):
+        raise ValueError(f"manifest columns {table.schema.names} are not MANIFEST_SCHEMA's")
+    if not table.schema.equals(schema.MANIFEST_SCHEMA, check_metadata=False):
+        try:
+            table = table.cast(schema.MANIFEST_SCHEMA)
+        except (pa.ArrowException, ValueError) as exn:
+            raise ValueError(f"manifest types differ from MANIFEST_SCHEMA ({_reason(exn)})") from exn
+    return table
+
+
 class SplitDir(DirFileSystem):
     """An ``<out>/<split>`` folder addressed by a local path or any fsspec URL; paths are relative to it."""
 
@@ -207,7 +230,8 @@ class SplitDir(DirFileSystem):
     def read_manifest_checked(self) -> tuple[pa.Table, list[UnreadableFile]]:
         """The rows of every readable manifest, and the unreadable ones (never raises for content).
 
-        A parquet file whose columns are not MANIFEST_SCHEMA's counts as unreadable."""
+        A parquet file whose columns are not MANIFEST_SCHEMA's counts as unreadable; one written before
+        the QC columns existed is read with them null (:func:`conform_manifest`)."""
         tables, bad = [], []
         for p in self.manifest_files():
             try:
@@ -215,17 +239,11 @@ class SplitDir(DirFileSystem):
             except UnreadableFile as exn:
                 bad.append(exn)
                 continue
-            if t.schema.names != list(schema.MANIFEST_COLUMNS):
-                bad.append(UnreadableFile(self.url_of(p), f"manifest columns {t.schema.names} are not "
-                                                          "MANIFEST_SCHEMA's"))
+            try:
+                t = conform_manifest(t)
+            except ValueError as exn:
+                bad.append(UnreadableFile(self.url_of(p), str(exn)))
                 continue
-            if not t.schema.equals(schema.MANIFEST_SCHEMA, check_metadata=False):
-                try:
-                    t = t.cast(schema.MANIFEST_SCHEMA)
-                except (pa.ArrowException, ValueError) as exn:
-                    bad.append(UnreadableFile(self.url_of(p), f"manifest types differ from MANIFEST_SCHEMA "
-                                                              f"({_reason(exn)})"))
-                    continue
             tables.append(t)
         return (pa.concat_tables(tables) if tables else MANIFEST_EMPTY), bad
 

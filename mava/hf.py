@@ -60,19 +60,29 @@ def data_files(split_dir: str | SplitDir) -> list[str]:
     return [split.url_of(p) for p in split.complete_shard_files()]
 
 
-def load(split_dir: str | SplitDir, streaming: bool = False, **kwargs: Any):
+def load(split_dir: str | SplitDir, streaming: bool = False, subset: str | None = None, **kwargs: Any):
     """``datasets.load_dataset("webdataset", ...)`` over a split's shards with the MA-V features:
-    a ``Dataset`` (or ``IterableDataset`` when streaming), one row per sample. `kwargs` go to
+    a ``Dataset`` (or ``IterableDataset`` when streaming), one row per sample. `subset`: only the
+    samples of that named view (``mava filter``; shards without any are not read). `kwargs` go to
     ``load_dataset`` (e.g. ``cache_dir``, ``storage_options``)."""
     import datasets
 
     split = as_split(split_dir)
     files = data_files(split)
+    keys = None
+    if subset is not None:
+        from mava.views import subset_keys
+
+        keys = subset_keys(split, subset)
+        shards = {r[Col.SHARD] for r in split.read_manifest().select([Col.KEY, Col.SHARD]).to_pylist()
+                  if r[Col.KEY] in keys}
+        files = [f for f in files if schema.file_shard(f) in shards]
     if not files:
-        raise FileNotFoundError(f"no shards under {split.url}")
+        raise FileNotFoundError(f"no shards under {split.url}" + (f" hold samples of view {subset!r}" if subset else ""))
     feats = features(max_frames(split), has_frames(split))
-    return datasets.load_dataset("webdataset", data_files={"train": files}, split="train", features=feats,
-                                 streaming=streaming, **kwargs)
+    ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train", features=feats,
+                               streaming=streaming, **kwargs)
+    return ds if keys is None else ds.filter(lambda key: key in keys, input_columns=[schema.HF_KEY_COLUMN])
 
 
 def row_arrays(row: dict) -> dict:

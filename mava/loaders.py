@@ -29,6 +29,7 @@ from mava import manifest as mf
 from mava import schema
 from mava.folder import SplitDir, as_split
 from mava.schema import Col
+from mava.views import subset_keys
 from mava.sample import (
     DECODE_ERRORS, SampleError, decode_sample, read_meta,
 )
@@ -260,13 +261,16 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
 
     def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
-                 epoch: int = 0, on_error: str = "raise"):
+                 epoch: int = 0, on_error: str = "raise", subset: str | None = None):
         _BadSamples.__init__(self, on_error)
         self.split = as_split(split_dir)
         self.cfg = cfg or ClipConfig()
         if query is not None:
             q = set(mf.query_keys(self.split, query))
             keys = q if keys is None else keys & q
+        if subset is not None:  # a named view (`mava filter`)
+            v = subset_keys(self.split, subset)
+            keys = v if keys is None else keys & v
         self.keys = keys
         # only complete shards (done marker written): never a tar an interrupted run left behind
         self.urls = [self.split.url_of(p) for p in self.split.complete_shard_files()]
@@ -357,13 +361,16 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
     """
 
     def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
-                 query: str | None = None, epoch: int = 0, on_error: str = "raise"):
+                 query: str | None = None, epoch: int = 0, on_error: str = "raise", subset: str | None = None):
         _BadSamples.__init__(self, on_error)
         self.split = as_split(split_dir)
         self.cfg = cfg or ClipConfig()
         if query is not None:
             q = set(mf.query_keys(self.split, query))
             keys = q if keys is None else keys & q
+        if subset is not None:  # a named view (`mava filter`)
+            v = subset_keys(self.split, subset)
+            keys = v if keys is None else keys & v
         done = self.split.done_shards()  # only complete shards
         self.rows = [{k: r[k] for k in (Col.KEY, Col.SHARD, Col.TAR_OFFSET, Col.TAR_SIZE, Col.NUM_FRAMES)}
                      for r in mf.ok_rows(self.split, keys) if r[Col.SHARD] in done]

@@ -205,6 +205,16 @@ class Col:
     TAR_OFFSET = "tar_offset"
     TAR_SIZE = "tar_size"
     NUM_MEMBERS = "num_members"
+    # quality control (issue 18; formulas in mava/qc.py and the README "Quality control")
+    STABILITY = "stability"
+    LEAK = "leak"
+    HOLE = "hole"
+    OFF_BAND = "off_band"
+    FLICKER = "flicker"
+    OVERLAP_MAD = "overlap_mad"
+    SEAM_JUMP = "seam_jump"
+    QC = "qc"
+    QC_REASON = "qc_reason"
 
 
 MANIFEST_SCHEMA = pa.schema([
@@ -231,8 +241,24 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field(Col.TAR_OFFSET, pa.int64()),                       # byte offset of the sample's first member header
     pa.field(Col.TAR_SIZE, pa.int64()),                         # bytes spanned by all the sample's members
     pa.field(Col.NUM_MEMBERS, pa.int32()),
+    # quality control scores and verdict of ok rows (null for failed rows and where undefined)
+    pa.field(Col.STABILITY, pa.float32()),                      # |alpha>0.75| / |alpha>0.25|
+    pa.field(Col.LEAK, pa.float32()),                           # share of sum(alpha) outside the dilated mask
+    pa.field(Col.HOLE, pa.float32()),                           # share of the eroded mask with alpha < 0.5
+    pa.field(Col.OFF_BAND, pa.float32()),                       # semi-transparent pixels off the edge band / mask area
+    pa.field(Col.FLICKER, pa.float32()),                        # alpha change the mask does not explain (RMS)
+    pa.field(Col.OVERLAP_MAD, pa.float32()),                    # disagreement with earlier windows on shared frames
+    pa.field(Col.SEAM_JUMP, pa.float32()),                      # change at the seam / median change inside
+    pa.field(Col.QC, pa.string()),                              # pass | warn | fail (default thresholds)
+    pa.field(Col.QC_REASON, pa.string()),                       # scores that crossed a threshold, comma list
 ])
 MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)
+#: columns added after shards were written: a manifest without them is read with nulls (older output)
+QC_COLUMNS = (Col.STABILITY, Col.LEAK, Col.HOLE, Col.OFF_BAND, Col.FLICKER, Col.OVERLAP_MAD, Col.SEAM_JUMP,
+              Col.QC, Col.QC_REASON)
+LEGACY_MANIFEST_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c not in QC_COLUMNS)
+QC_SCORE_COLUMNS = QC_COLUMNS[:-2]
+QC_PASS, QC_WARN, QC_FAIL = "pass", "warn", "fail"
 #: the per-sample quality signals (stats histograms, the dataset card)
 QUALITY_COLUMNS = (Col.MEAN_ALPHA, Col.SEMI_FRACTION, Col.MASK_IOU)
 
@@ -268,3 +294,26 @@ FP_WEIGHTS = "weights_sha256"
 FP_OPTIONS = "options"
 FP_CONSTANTS = "constants"
 
+
+# --- curated views (issue 18): named subsets of a split, never rewritten shards ---------------------
+VIEWS_DIR = "views"                 # <out>/<split>/views/<name>.parquet
+VERDICT_VIEW = "qc"                 # the verdict view of `mava qc --recompute` (and scores computed from tars)
+VIEW_META = b"mava_view"            # parquet schema metadata key: the view's definition (JSON)
+# view definition fields
+VIEW_NAME = "name"
+VIEW_WHERE = "where"                # the SQL predicate over the manifest (table ``manifest``)
+VIEW_THRESHOLDS = "thresholds"      # the QC thresholds the verdicts were computed with
+VIEW_VERDICTS = "verdicts"          # where the verdicts came from: manifest | view
+VIEW_CREATED_AT = "created_at"
+VIEW_ROWS = "rows"                  # keys in the view
+VIEW_SCORES_FROM = "scores_from"    # verdict view: manifest | tar (scores computed from the samples)
+
+
+def view_file(name: str) -> str:
+    """Path of a named view relative to ``<out>/<split>``."""
+    if not is_safe_id(name):
+        raise ValueError(f"unsafe view name {name!r}: letters, digits, '_' and '-' only")
+    return f"{VIEWS_DIR}/{name}.parquet"
+
+
+VIEWS_GLOB = f"{VIEWS_DIR}/*.parquet"

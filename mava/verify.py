@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from mava import schema
 from mava.schema import Col
-from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file, read_parquet_file
+from mava.folder import (SplitDir, UnreadableFile, as_split, conform_manifest, is_legacy_manifest, read_json_file,
+                         read_parquet_file)
 from mava.sample import SampleFormatError, TarEntry, has_frames, scan_tar
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,9 @@ def verify_shard(rep: VerifyReport, split: SplitDir, shard: str, manifest_path: 
         except (OSError, UnreadableFile) as exn:
             rep.add("manifest", shard, None, str(exn) if isinstance(exn, UnreadableFile)
                     else f"{manifest_path}: {type(exn).__name__}: {exn}")
+    if table is not None and is_legacy_manifest(table):  # written before the QC columns: readable, noted
+        rep.notes.append(f"{shard}: manifest predates the QC columns (`python -m mava qc` explains)")
+        table = conform_manifest(table)
     if table is not None and (table.schema.names != list(schema.MANIFEST_COLUMNS) or not table.schema.equals(
             schema.MANIFEST_SCHEMA, check_metadata=False)):
         rep.add("schema", shard, None, "manifest schema differs from MANIFEST_SCHEMA")

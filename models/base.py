@@ -14,7 +14,9 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from mava import schema
-from models.options import int_at_least, is_classified, output_option, runtime_option  # noqa: F401  (re-exported)
+from models.options import (  # noqa: F401  (is_classified, fingerprint_options: re-exported)
+    fingerprint_options, int_at_least, is_classified, number_at_least, output_option, runtime_option,
+)
 from models.options import output_fields as _output_fields
 
 
@@ -113,6 +115,11 @@ class MatterConfig:
     compile_cache: str = runtime_option("", "folder or fsspec URL shared by every actor and restart for "
                                             "compiled artefacts (with --compile): a restarted actor loads them "
                                             "instead of compiling again")
+    oracle_damage: str = output_option("", "oracle matter (ground truth from --checkpoint, a gt_alpha folder): "
+                                           "damage its mattes with this mava.degrade alpha damage ('' = none)",
+                                       omit_default=True)
+    oracle_strength: float = output_option(0.0, "oracle matter: strength of --oracle-damage in [0, 1]",
+                                           parse=number_at_least(0), omit_default=True)
     extra: dict = output_option(dict, "options of a custom matter (--matter-option KEY=VALUE, values as strings); "
                                       "fingerprinted only for matters whose ``reads`` lists 'extra'", flag=False)
 
@@ -123,6 +130,20 @@ def output_fields(cls=MatterConfig) -> tuple[str, ...]:
 
 
 Clip = tuple[np.ndarray, np.ndarray]   # (frames uint8[T,H,W,3], masks bool[T,H,W])
+
+
+def fingerprint_options(cfg, names: Sequence[str] | None = None) -> dict:
+    """The output options of config ``cfg`` (only ``names`` when given) as they join a fingerprint:
+    ``omit_default`` fields only when set to something else than their default."""
+    out = {}
+    for f in fields(cfg):
+        if not f.metadata.get("fingerprint") or (names is not None and f.name not in names):
+            continue
+        value = getattr(cfg, f.name)
+        if f.metadata.get("omit_default") and value == f.default:
+            continue
+        out[f.name] = value
+    return out
 
 
 class Matter(Protocol):
@@ -194,7 +215,7 @@ class MatterBase:
         """Output options with ``auto`` values resolved (override where the config says ``auto``)."""
         cfg = getattr(self, "cfg", None) or MatterConfig()
         names = tuple(n for n in output_fields() if n != "extra") if self.reads is None else self.reads
-        return {n: getattr(cfg, n) for n in names}
+        return fingerprint_options(cfg, names)
 
     def constants(self) -> dict:
         """Fixed parameters in code that shape the mattes (e.g. a filter radius); default: none."""
@@ -225,6 +246,7 @@ _REGISTRY: dict[str, str] = {
     "guided": "models.cpu:GuidedMatter",
     "closed-form": "models.cpu:ClosedFormMatter",
     "videomama": "models.videomama:VideoMaMaMatter",
+    "oracle": "models.oracle:OracleMatter",
 }
 
 

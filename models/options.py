@@ -22,13 +22,16 @@ def _field(default, meta: dict) -> Any:
 
 
 def option(default, why: str = "", *, choices=None, parse: Callable | None = None, flag: str | bool = True,
-           metavar: str | None = None, group: str | None = None, fingerprint: bool | None = None) -> Any:
+           metavar: str | None = None, group: str | None = None, fingerprint: bool | None = None,
+           omit_default: bool = False) -> Any:
     """A config field with its flag: ``why`` is the help text; ``choices``/``parse`` check the value;
     ``flag`` renames the flag (e.g. ``"--no-progress"`` for a True default) or hides it (False); ``group``
-    names its --help section; ``fingerprint`` says whether it changes output bytes (None: not said).
+    names its --help section; ``fingerprint`` says whether it changes output bytes (None: not said);
+    ``omit_default``: an output option added after shards were written joins the fingerprint only when
+    set to something else than its default, so those shards (which the default reproduces) stay valid.
     ``default`` may be ``dict`` or ``list`` (a fresh one per instance)."""
     meta = {"why": why, "choices": tuple(choices) if choices is not None else None, "parse": parse,
-            "flag": flag, "metavar": metavar, "group": group}
+            "flag": flag, "metavar": metavar, "group": group, "omit_default": omit_default}
     if fingerprint is not None:
         meta["fingerprint"] = fingerprint
     return _field(default, meta)
@@ -53,6 +56,20 @@ def is_classified(f: dataclasses.Field) -> bool:
 def output_fields(cls) -> tuple[str, ...]:
     """Names of the fields of a config dataclass that change output bytes."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("fingerprint"))
+
+
+def fingerprint_options(cfg, names=None) -> dict:
+    """The output options of config ``cfg`` (only ``names`` when given) as they join a fingerprint:
+    ``omit_default`` fields only when set to something else than their default."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("fingerprint") or (names is not None and f.name not in names):
+            continue
+        value = getattr(cfg, f.name)
+        if f.metadata.get("omit_default") and value == _default(f):
+            continue
+        out[f.name] = value
+    return out
 
 
 # --- value parsers ------------------------------------------------------------------------------------

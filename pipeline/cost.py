@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data", help="SA-V root: local path or fsspec URL")
     p.add_argument("--masklets", choices=["manual", "auto", "all"], default="manual", help="which masklets")
     p.add_argument("--segment-len", type=int, default=12, help="annotated frames per segment")
+    p.add_argument("--stride", type=int, default=0,
+                   help="annotated frames between window starts (the job's --stride; 0 = --segment-len)")
     p.add_argument("--limit-videos", type=int, default=None,
                    help="count only the first N videos (a sample; combine with --scale)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -130,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                     ("--scale", args.scale), *(("--rate", r) for r in args.rate or ())):
         if v is not None and v <= 0:
             p.error(f"{name} must be positive, not {v:g}")
-    cfg = ReaderConfig(masklets=args.masklets, segment_len=args.segment_len)
+    try:
+        cfg = ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, stride=args.stride)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return lifecycle.EXIT_USAGE
     split_url = f"{args.data_root.rstrip('/')}/{args.split}"
     try:
         counts = count_split(split_url, cfg, args.limit_videos)

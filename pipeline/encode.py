@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from mava import schema
+from mava import qc, schema
 from mava.schema import Col
 from pipeline.protocol import Chunk, Failure, Stage
 from pipeline.segments import Segment, SegmentData
@@ -55,7 +55,8 @@ def segment_columns(seg: Segment) -> dict:
 
 
 def quality_columns(alpha_u8: np.ndarray, masks: np.ndarray) -> dict:
-    """Cheap quality signals of a matte against its input mask."""
+    """Cheap quality signals of a matte against its input mask, and its QC scores (``mava.qc``; the
+    scores across windows and the verdict are added by the shard writer)."""
     a = alpha_u8.astype(np.float32) / 255.0
     hard = alpha_u8 > 127
     union = np.logical_or(hard, masks).sum()
@@ -65,7 +66,7 @@ def quality_columns(alpha_u8: np.ndarray, masks: np.ndarray) -> dict:
         Col.SEMI_FRACTION: float(((a > schema.SEMI_LO) & (a < schema.SEMI_HI)).mean()),
         Col.MASK_IOU: float(inter / union) if union else 1.0,
         Col.MASK_AREA: float(masks.mean()),
-    }
+    } | qc.sample_scores(alpha_u8, masks)
 
 
 def encode_sample(data: SegmentData, alpha_u8: np.ndarray, matter: str, frames: str = "jpg") -> EncodedSample:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mava import schema
 from mava.folder import SplitDir
-from models.base import MatterConfig, available_matters, output_fields
+from models.base import MatterConfig, available_matters, fingerprint_options
 from models.options import fraction, int_at_least, number_at_least, option
 from pipeline import plan as planning
 from pipeline import sav
@@ -99,7 +99,7 @@ class JobConfig:
     def content_options(self) -> dict:
         """Job options that change what a shard holds besides the matter: the reader's output options
         (see ReaderConfig's field classification) and whether frames are stored."""
-        return {**{n: getattr(self.reader, n) for n in output_fields(ReaderConfig)}, "frames": self.frames}
+        return {**fingerprint_options(self.reader), "frames": self.frames}
 
 
 @dataclass

@@ -48,6 +48,16 @@ class ReaderConfig:
     chunk: int = runtime_option(8, "segments per reader chunk: the unit the driver routes to a matter actor "
                                    "(the driver's work is per chunk, not per segment; at least --batch-size)",
                                 parse=int_at_least(1), group="io")
+    stride: int = output_option(0, "annotated frames between window starts; 0 = --segment-len (windows tile, the "
+                                   "last shifted back); smaller overlaps every window with the previous, so "
+                                   "shared frames are matted twice (QC overlap_mad), at more compute",
+                                parse=int_at_least(0), omit_default=True, group="io")
+
+    def __post_init__(self):
+        if self.stride == self.segment_len:  # the same tiling as the default: one fingerprint for both
+            self.stride = 0
+        if self.stride < 0 or self.stride > self.segment_len:
+            raise ValueError(f"stride must be in 0..segment_len ({self.segment_len}), got {self.stride}")
 
 
 @dataclass
@@ -113,7 +123,7 @@ def _fps_ratio(fps: float | None) -> int:
 
 def plan_one_masklet(video_id: str, source: str, masklet_id: int, num_ann: int,
                      frame: Callable[[int], tuple[dict, bool]], where: str, segment_len: int,
-                     fps_ratio: int) -> MaskletPlan:
+                     fps_ratio: int, stride: int = 0) -> MaskletPlan:
     """The per-masklet planning step of both layouts and the cost model.
 
     Reads every annotated frame's mask through ``frame(i) -> (rle, visible)`` (which raises
@@ -129,14 +139,14 @@ def plan_one_masklet(video_id: str, source: str, masklet_id: int, num_ann: int,
             visible.append(vis)
     except (RleSizeMismatch, AnnotationMalformed) as e:
         return MaskletPlan(source, masklet_id, [], [], e)
-    segs = plan_masklet(video_id, source, masklet_id, visible, segment_len, fps_ratio)
+    segs = plan_masklet(video_id, source, masklet_id, visible, segment_len, fps_ratio, stride)
     if not segs:
         return MaskletPlan(source, masklet_id, [], [], EmptyMasklet(
             where, f"masklet {masklet_id} is empty in all {num_ann} annotated frames"))
     return MaskletPlan(source, masklet_id, segs, rles)
 
 
-def plan_annotation(ann: sav.Annotation, facts: VideoFacts, segment_len: int) -> list[MaskletPlan]:
+def plan_annotation(ann: sav.Annotation, facts: VideoFacts, segment_len: int, stride: int = 0) -> list[MaskletPlan]:
     """Plan every masklet of one annotation file against a video described by ``facts``.
 
     Raises (failing the whole video) RleSizeMismatch when the file's size differs from the video's
@@ -156,7 +166,7 @@ def plan_annotation(ann: sav.Annotation, facts: VideoFacts, segment_len: int) ->
         return read
 
     plans = [plan_one_masklet(ann.video_id, ann.source, mid, ann.num_frames, frame(j, mid), ann.path,
-                              segment_len, facts.fps_ratio)
+                              segment_len, facts.fps_ratio, stride)
              for j, mid in enumerate(ann.masklet_ids)]
     size_errors = sum(isinstance(p.error, RleSizeMismatch) for p in plans)
     if ann.masklet_ids and size_errors == len(ann.masklet_ids):
@@ -198,10 +208,11 @@ def _check_id(ref: VideoRef) -> None:
         raise UnsafeId(ref.id_source or str(ref.video_url), f"unsafe video id {ref.video_id!r}")
 
 
-def _plan_train(ref: VideoRef, anns: list[sav.Annotation], facts: VideoFacts, segment_len: int) -> VideoPlan:
+def _plan_train(ref: VideoRef, anns: list[sav.Annotation], facts: VideoFacts, segment_len: int,
+                stride: int = 0) -> VideoPlan:
     plans: list[MaskletPlan] = []
     for ann in anns:
-        plans.extend(plan_annotation(ann, facts, segment_len))
+        plans.extend(plan_annotation(ann, facts, segment_len, stride))
     return _assemble(ref, plans, facts)
 
 
@@ -247,7 +258,7 @@ def _plan_opened(ref: VideoRef, anns: list[sav.Annotation], dec: video.Decoder, 
                     "reading the coded pictures", ref.video_id, w, h, shown)
         h, w, rotation = w, h, 0
     facts = VideoFacts(str(ref.video_url), h, w, n, _fps_ratio(fps), rotation, shown)
-    return _plan_train(ref, anns, facts, cfg.segment_len)
+    return _plan_train(ref, anns, facts, cfg.segment_len, cfg.stride)
 
 
 def plan_from_annotations(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
@@ -268,7 +279,7 @@ def plan_from_annotations(ref: VideoRef, cfg: ReaderConfig) -> VideoPlan:
         raise VideoMissing(str(ref.video_url), "video does not exist")
     first = anns[0]
     facts = VideoFacts(str(ref.video_url), first.height, first.width, first.frame_count, _fps_ratio(first.fps))
-    return _plan_train(ref, anns, facts, cfg.segment_len)
+    return _plan_train(ref, anns, facts, cfg.segment_len, cfg.stride)
 
 
 def _check_range(path: str, n_ann: int, ratio: int, n_frames: int) -> None:
@@ -342,7 +353,7 @@ def _plan_frames_opened(ref: VideoRef, cfg: ReaderConfig, sources: tuple[str, ..
         _check_range(ref.mask_url, n_ann, ratio, n)
     empty = sav.encode_mask(np.zeros((h, w), dtype=bool))
     plans = [plan_one_masklet(ref.video_id, "manual", mid, n_ann, _png_mask(frames, empty, h, w),
-                              sav.join(ref.mask_url, f"{mid:03d}"), cfg.segment_len, ratio)
+                              sav.join(ref.mask_url, f"{mid:03d}"), cfg.segment_len, ratio, cfg.stride)
              for mid, frames in sorted(objects.items())]
     return _assemble(ref, plans, facts)
 

@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:  # options that do not fit together, e.g. --stride past --segment-len
+        parser.error(str(exc))
     try:
         result, plans = run_job(cfg)
     except JobError as exc:

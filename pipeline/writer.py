@@ -22,8 +22,9 @@ from typing import IO, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mava import schema
+from mava import qc, schema
 from mava.folder import SplitDir
+from mava.sample import member_map
 from mava.schema import Col
 from pipeline.encode import EncodedSample, segment_columns
 from pipeline.protocol import Failure, Stage
@@ -194,6 +195,8 @@ class ShardWriter:
             off, size, n = spans[k]
             rows.append(self._samples[k][2] | {Col.TAR_OFFSET: off, Col.TAR_SIZE: size, Col.NUM_MEMBERS: n})
         rows += [failure_row(f) for f in self._failures.values()]
+        # QC: scores across the windows of each masklet (decoded back from the spill file) and verdicts
+        qc.score_rows(rows, lambda k: member_map(dict(self._members(k)), k))
         rows = [r | {Col.SHARD: self.name} for r in sorted(rows, key=lambda r: r[Col.KEY])]
         sink = io.BytesIO()
         pq.write_table(manifest_table(rows), sink, compression="zstd")
