@@ -132,20 +132,6 @@ def output_fields(cls=MatterConfig) -> tuple[str, ...]:
 Clip = tuple[np.ndarray, np.ndarray]   # (frames uint8[T,H,W,3], masks bool[T,H,W])
 
 
-def fingerprint_options(cfg, names: Sequence[str] | None = None) -> dict:
-    """The output options of config ``cfg`` (only ``names`` when given) as they join a fingerprint:
-    ``omit_default`` fields only when set to something else than their default."""
-    out = {}
-    for f in fields(cfg):
-        if not f.metadata.get("fingerprint") or (names is not None and f.name not in names):
-            continue
-        value = getattr(cfg, f.name)
-        if f.metadata.get("omit_default") and value == f.default:
-            continue
-        out[f.name] = value
-    return out
-
-
 class Matter(Protocol):
     """What the job needs of a matter (:class:`MatterBase` implements all of it from ``refine``)."""
 
