@@ -204,11 +204,14 @@ class WriterPool:
     """A Ray actor holding the open shard writers of some shards (I/O bound: no CPU reserved).
 
     Every call names the shard and its attempt; calls for an attempt that is no longer open are
-    dropped (a shard redone after a loss never mixes samples of two attempts)."""
+    dropped (a shard redone after a loss never mixes samples of two attempts). Samples handed over by
+    encode tasks may arrive before the driver's ``open_shard`` (calls from different callers are not
+    ordered): they wait for it."""
 
     def __init__(self, factory: Callable[[int, dict], Any]):
         self.factory = factory
         self.open: dict[int, tuple[int, Any]] = {}
+        self.early: dict[tuple[int, int], list] = {}   # (index, attempt) -> items that came before open_shard
 
     def ping(self) -> bool:
         return True
@@ -220,9 +223,17 @@ class WriterPool:
     def open_shard(self, index: int, attempt: int, marker: dict) -> None:
         self.abort(index)
         self.open[index] = (attempt, self.factory(index, marker))
+        for key in [k for k in self.early if k[0] == index and k[1] <= attempt]:
+            items = self.early.pop(key)
+            if key[1] == attempt:
+                self.add(index, attempt, *items)
 
     def add(self, index: int, attempt: int, *items) -> None:
         """Items by value (e.g. failures): never raises, so no outcome is lost unseen."""
+        held = self.open.get(index)
+        if held is None or held[0] < attempt:      # not opened yet: keep them for open_shard
+            self.early.setdefault((index, attempt), []).extend(items)
+            return
         w = self._writer(index, attempt)
         for item in items if w is not None else ():
             try:
@@ -230,10 +241,13 @@ class WriterPool:
             except Exception as exc:  # noqa: BLE001 - recorded: the shard will not be marked done
                 w.add_system_failure(getattr(item, "key", "?"), f"writer: {exc!r}")
 
-    def commit(self, index: int, attempt: int):
+    def commit(self, index: int, attempt: int, expected: int):
+        """Commit a shard that holds exactly the ``expected`` samples the driver routed to it."""
         w = self._writer(index, attempt)
         if w is None:
             raise RuntimeError(f"shard {index} attempt {attempt} is not open on this writer")
+        if w.count != expected:
+            w.add_system_failure("?", f"the writer holds {w.count} samples, {expected} were sent")
         del self.open[index]
         return w.commit()
 
@@ -273,6 +287,7 @@ class _Shard:
     next_video: int = 0
     open_streams: int = 0
     pending: int = 0                  # chunks received from readers, not yet handed to the writer
+    samples: int = 0                  # samples (ok or failed) routed to the writer so far
     dead: bool = False                # superseded by a newer attempt, or failed
 
     @property
@@ -441,6 +456,7 @@ class _Loop:
         if header is not None:
             fails = [*header.failures, *fails]
         shard.writer.handle.add.remote(shard.index, shard.attempt, *fails)
+        shard.samples += len(fails)
 
     def _pull(self, gen, stream: _Stream) -> None:
         try:
@@ -463,6 +479,7 @@ class _Loop:
             self._progress()
             if header.failures:
                 stream.shard.writer.handle.add.remote(stream.shard.index, stream.shard.attempt, *header.failures)
+                stream.shard.samples += len(header.failures)
             return
         if stream.delivered >= len(stream.chunks):        # an error after the last chunk: the stream died
             self._stream_lost(gen, stream, _fetch_error(item_ref))
@@ -532,6 +549,7 @@ class _Loop:
         self._progress()
         if work.shard.dead:
             return
+        work.shard.samples += n
         if writer_error is not None:
             self._writer_lost(work.shard.writer, RuntimeError(writer_error))
             return
@@ -563,7 +581,8 @@ class _Loop:
         for shard in list(self.active):
             if shard.all_read and shard.pending == 0:
                 self.active.remove(shard)
-                self.committing[shard.writer.handle.commit.remote(shard.index, shard.attempt)] = shard
+                ref = shard.writer.handle.commit.remote(shard.index, shard.attempt, shard.samples)
+                self.committing[ref] = shard
 
     def _committed(self, ref) -> None:
         shard = self.committing.pop(ref)

@@ -151,6 +151,11 @@ class ShardWriter:
             self._spill.write(data)
         self._samples[key] = (offset, [(name, len(data)) for name, data in item.members], item.row)
 
+    @property
+    def count(self) -> int:
+        """Samples taken so far (ok and failed)."""
+        return len(self._samples) + len(self._failures)
+
     def add_system_failure(self, key: str, reason: str) -> None:
         """A sample lost to a system failure (dead actor, lost node): the shard will not be marked done."""
         self._system.append(f"{key}: {reason}")

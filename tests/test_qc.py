@@ -167,11 +167,11 @@ def test_stride_in_the_cost_model_and_the_command_line(synth_split):
     strided = count_split(str(synth_split), ReaderConfig(segment_len=6, stride=3), progress=False)
     assert strided.span_frames == tiled.span_frames and strided.segment_frames > tiled.segment_frames
     p = run.build_parser()
-    cfg = run.config_from_args(p.parse_args(["--split", "s", "--segment-len", "6", "--stride", "3"]), p)
+    cfg = run.config_from_args(p.parse_args(["--split", "s", "--segment-len", "6", "--stride", "3"]))
     assert cfg.reader.stride == 3
-    assert run.config_from_args(p.parse_args(["--split", "s", "--stride", "12"]), p).reader.stride == 0
+    assert run.config_from_args(p.parse_args(["--split", "s", "--stride", "12"])).reader.stride == 0
     with pytest.raises(SystemExit) as exc:
-        run.config_from_args(p.parse_args(["--split", "s", "--stride", "13"]), p)
+        run.main(["--split", "s", "--stride", "13"])
     assert exc.value.code == 2
 
 
