@@ -28,7 +28,7 @@ SIZE = 64   # tiny model input (a multiple of 32)
 
 def tiny_cfg(split: Path, out: Path, **kw) -> train.TrainConfig:
     base = dict(data=[str(split)], out=str(out), model="tiny", image_size=SIZE, steps=6, batch_size=1, num_frames=3,
-                max_objects=2, ckpt_every=2, log_every=1, loader_workers=0, progress=False, seed=0)
+                max_objects=2, ckpt_every=2, log_every=1, loader_workers=0, progress=False, seed=0, threads=1)
     return train.TrainConfig(**{**base, **kw})
 
 
@@ -36,7 +36,8 @@ def cli_args(cfg: train.TrainConfig) -> list[str]:
     return ["train", "--data", cfg.data[0], "--out", cfg.out, "--model", cfg.model, "--image-size", str(cfg.image_size),
             "--steps", str(cfg.steps), "--batch-size", str(cfg.batch_size), "--num-frames", str(cfg.num_frames),
             "--max-objects", str(cfg.max_objects), "--ckpt-every", str(cfg.ckpt_every), "--log-every",
-            str(cfg.log_every), "--loader-workers", str(cfg.loader_workers), "--seed", str(cfg.seed), "--no-progress"]
+            str(cfg.log_every), "--loader-workers", str(cfg.loader_workers), "--seed", str(cfg.seed),
+            "--threads", str(cfg.threads), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +64,19 @@ def trained(mava, tmp_path_factory) -> tuple[Path, float, float]:
                 total += float(crit(net(b), b.masks)["core_loss"])
         return total / len(batches)
 
-    torch.manual_seed(cfg.seed)
-    net0 = model.build_model("tiny", SIZE, cfg.recipe())
-    before = fixed_loss(net0)
-    train.train(cfg)
-    net = model.build_model("tiny", SIZE, cfg.recipe())
-    model.load_weights(net, str(out / train.FINAL))
-    return out, before, fixed_loss(net)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the run: a busy 2-core machine runs one thread many times faster
+    try:
+        torch.manual_seed(cfg.seed)
+        net0 = model.build_model("tiny", SIZE, cfg.recipe())
+        before = fixed_loss(net0)
+        train.train(cfg)
+        net = model.build_model("tiny", SIZE, cfg.recipe())
+        model.load_weights(net, str(out / train.FINAL))
+        after = fixed_loss(net)
+    finally:
+        torch.set_num_threads(threads)
+    return out, before, after
 
 
 # --- SAM 2 itself ---------------------------------------------------------------------------------
@@ -314,14 +321,14 @@ def test_predict_writes_one_alpha_png_per_frame(trained, synth_split, tmp_path):
     Image.fromarray(m.astype(np.uint8) * 255).save(tmp_path / "m.png")
     out = tmp_path / "alpha"
     assert main(["predict", "--checkpoint", str(trained[0]), "--video", str(vid), "--mask", str(tmp_path / "m.png"),
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--threads", "1", "--no-progress"]) == 0
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"{t:05d}.png" for t in range(60)]
     a = np.asarray(Image.open(files[5]))
     assert a.shape == m.shape and a.dtype == np.uint8
     out2 = tmp_path / "alpha_box"
     assert main(["predict", "--checkpoint", str(trained[0] / train.FINAL), "--video", str(vid), "--box", "10,8,60,50",
-                 "--out", str(out2), "--every", "4", "--no-progress"]) == 0
+                 "--out", str(out2), "--every", "4", "--threads", "1", "--no-progress"]) == 0
     assert sorted(f.name for f in out2.iterdir()) == [f"{t:05d}.png" for t in range(0, 60, 4)]
     assert main(["predict", "--checkpoint", str(trained[0]), "--video", str(tmp_path / "nope.mp4"), "--box", "1,1,5,5",
                  "--out", str(out2)]) == 2
@@ -346,7 +353,7 @@ def test_eval_reports_mava_eval_metrics(trained, mava, capsys):
     from mava import eval as mava_eval
 
     assert main(["eval", "--checkpoint", str(trained[0]), "--data", str(mava[0]), "--gt", str(mava[1]),
-                 "--overall-only", "--no-progress"]) == 0
+                 "--overall-only", "--threads", "1", "--no-progress"]) == 0
     text = capsys.readouterr().out
     rows = {ln.split()[1]: [float(x) for x in ln.split()[2:]] for ln in text.splitlines() if ln.startswith("OVERALL")}
     assert set(rows) == {"sam2_matte", "mask", "mava"} and all(np.isfinite(rows["sam2_matte"]))

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, help="gradient norm clip (default 0.1; tiny 1.0; 0 = off)")
     t.add_argument("--correction-clicks", type=int, help="correction clicks per corrected frame (default 7; tiny 2)")
     t.add_argument("--loss-weight", action="append", type=_loss_weight, default=[], metavar="NAME=W",
-                   help="loss term weight: l1 (20), lap (2), grad (0), iou (1), class (1)")
+                   help="loss term weight: l1 (20), lap (2), grad (0), bce (20), iou (1), class (1)")
     t.add_argument("--seed", type=int, default=0, help="seed of the data order, transforms, prompts, dropout")
     t.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
     t.add_argument("--keep", type=int, default=2, help="checkpoints kept")
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-failures", type=int, default=0, help="Ray Train restarts after a worker or node failure "
                                                                "(each resumes from the last checkpoint)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device without Ray")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; on a busy machine 1 "
+                                               "can be many times faster than oversubscribed OpenMP threads)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (local --out)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help=f"model of a plain SAM 2 checkpoint: {models}")
     pr.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    pr.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="score against ground truth with mava eval's metrics", formatter_class=fmt,
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="model of a plain SAM 2 checkpoint")
     e.add_argument("--image-size", type=int, help="input size (default: the checkpoint's)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    e.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     e.add_argument("--limit", type=int, help="score only the first N clips")
     e.add_argument("--band-radius", type=int, default=10, help="transition band width for MAD-band (px)")
     e.add_argument("--overall-only", action="store_true", help="print only the overall rows")
@@ -116,6 +120,18 @@ def _device(name: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    if getattr(args, "threads", None) and args.cmd != "train":   # train sets (and restores) its own
+        torch.set_num_threads(args.threads)
+    try:
+        return _command(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.cmd == "train":
         from models.sam2_matte.train import TrainConfig, train
 
@@ -127,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             correction_clicks=args.correction_clicks, loss_weights=dict(args.loss_weight), seed=args.seed,
             ckpt_every=args.ckpt_every, keep=args.keep, log_every=args.log_every, loader_workers=args.loader_workers,
             workers=args.workers, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus,
-            max_failures=args.max_failures, device=args.device, progress=not args.no_progress,
+            max_failures=args.max_failures, device=args.device, threads=args.threads, progress=not args.no_progress,
             tensorboard=args.tensorboard)
         last = train(cfg)
         print(json.dumps({"out": args.out, **{k: v for k, v in last.items() if k in ("step", "loss")}}))

@@ -36,7 +36,7 @@ from training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaDat
 
 from mava import manifest as mf
 from mava.loaders import SharedCount, choose_indices
-from mava.sample import DECODE_ERRORS, SampleError, decode_sample
+from mava.sample import DECODE_ERRORS, SampleError, decode_sample, has_frames
 from mava.schema import Col
 from models.sam2_matte.model import IMG_MEAN, PROMPT_THRESHOLD, normalize
 
@@ -107,6 +107,10 @@ class MavaVideos:
         self.objects = [{m: k for k, m in enumerate(sorted({(r[Col.SOURCE], r[Col.MASKLET_ID]) for r in rows}))}
                         for rows in self.rows]
         self.num_samples = sum(len(r) for r in self.rows)
+        first = self.rows[0][0]
+        if not has_frames(self.split.row_members(first)):
+            raise ValueError(f"{url} has no frames (written with --frames none): SAM2-Matte trains on the frames; "
+                             "rerun the job with frames")
 
     def __len__(self) -> int:
         return len(self.video_ids)

@@ -8,6 +8,11 @@ terms replaced, for soft targets ``alpha`` = the batch's masks:
 - ``loss_lap``: L1 between Laplacian pyramids of the two (5 levels, level i weighted 2^i), which
   weighs edges and fine structure (hair) that plain L1 averages away;
 - ``loss_grad`` (weight 0 unless asked): L1 between the Sobel gradients;
+- ``loss_bce``: binary cross-entropy of the logits against the soft alpha, which is minimal at
+  sigmoid(logits) = alpha like L1, but whose gradient (sigmoid - alpha) does not vanish where the
+  sigmoid saturates on the wrong side. With L1 alone a randomly initialised model collapses to "no
+  object" (L1 ~ the object's area, gradients ~0); fine-tuning a pretrained SAM 2 does not need it as
+  much, it costs nothing to keep;
 - ``loss_iou``: the IoU head learns the *soft* IoU of each predicted matte, sum(min)/sum(max) of
   (alpha_pred, alpha) (binary IoU when both are binary), with L1 on all masks as SAM 2's config does
   (``supervise_all_iou``, ``iou_use_l1_loss``); SAM 2 picks the multimask output with the highest
@@ -30,8 +35,10 @@ from training.trainer import CORE_LOSS_KEY
 
 from models.sam2_matte.model import PROMPT_THRESHOLD
 
-DEFAULT_WEIGHTS = {"loss_l1": 20.0, "loss_lap": 2.0, "loss_grad": 0.0, "loss_iou": 1.0, "loss_class": 1.0}
+DEFAULT_WEIGHTS = {"loss_l1": 20.0, "loss_lap": 2.0, "loss_grad": 0.0, "loss_bce": 20.0, "loss_iou": 1.0,
+                   "loss_class": 1.0}
 LAP_LEVELS = 5
+BCE_MIN_LOGIT = 30.0
 
 _GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
@@ -113,6 +120,10 @@ class MattingLoss(MultiStepMultiMasksAndIous):
             per["loss_lap"] = laplacian_l1(alpha, gt, self.lap_levels)
         if self.weight_dict["loss_grad"]:
             per["loss_grad"] = gradient_l1(alpha, gt)
+        if self.weight_dict["loss_bce"]:
+            # SAM 2 writes -1024 where the object-score head says "absent": bound it (no gradient there anyway)
+            z = src_masks.float().clamp(min=-BCE_MIN_LOGIT)
+            per["loss_bce"] = F.binary_cross_entropy_with_logits(z, gt, reduction="none").flatten(2).mean(-1)
         present = (target_masks.flatten(1).amax(-1) > self.presence_threshold).float()[:, None]   # [N,1]
         loss_class = sigmoid_focal_loss(object_score_logits.float(), present, num_objects,
                                         alpha=self.focal_alpha_obj_score, gamma=self.focal_gamma_obj_score)

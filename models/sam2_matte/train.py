@@ -38,11 +38,11 @@ CKPT_DIR = "checkpoints"
 METRICS = "metrics.jsonl"
 RUN_FILE = "train.json"
 FINAL = "model.pt"
-LOSS_KEYS = ("loss_l1", "loss_lap", "loss_grad", "loss_iou", "loss_class")
+LOSS_KEYS = ("loss_l1", "loss_lap", "loss_grad", "loss_bce", "loss_iou", "loss_class")
 
 # options that do not change what is trained (everything else must match to resume)
 NOT_FINGERPRINTED = {"out", "stop_after", "ckpt_every", "keep", "log_every", "loader_workers", "workers",
-                     "use_gpu", "address", "max_failures", "progress", "tensorboard", "device", "num_cpus"}
+                     "use_gpu", "address", "max_failures", "progress", "tensorboard", "device", "num_cpus", "threads"}
 
 
 @dataclass
@@ -79,6 +79,7 @@ class TrainConfig:
     num_cpus: int | None = None
     max_failures: int = 0
     device: str = "auto"
+    threads: int | None = None
     progress: bool = True
     tensorboard: bool = False
 
@@ -283,6 +284,17 @@ def train_worker(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.
     """Run (or resume) training on one worker; returns the last logged row. `wrap` turns the model into
     its distributed form (Ray Train's ``prepare_model``), `report` receives each logged row."""
     mcfg.require_sam2()
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_worker(cfg, rank, world, device, wrap, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_worker(cfg: TrainConfig, rank: int, world: int, device: torch.device | None, wrap: Callable | None,
+                  report: Callable[[dict], None] | None) -> dict:
     from torch.utils.data import DataLoader
     from training.trainer import CORE_LOSS_KEY
 
@@ -364,9 +376,9 @@ def train_worker(cfg: TrainConfig, rank: int = 0, world: int = 1, device: torch.
             acc, n_acc, t0 = {}, 0, time.time()
             if rank == 0:
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
-                log.info("step %d/%d loss %.4f (l1 %.4f lap %.4f iou %.4f class %.4f) lr %.2e %.2fs/step", done,
-                         cfg.steps, last["loss"], last["loss_l1"], last["loss_lap"], last["loss_iou"],
-                         last["loss_class"], last["lr"], last["sec_per_step"])
+                log.info("step %d/%d loss %.4f (l1 %.4f lap %.4f bce %.4f iou %.4f class %.4f) lr %.2e %.2fs/step",
+                         done, cfg.steps, last["loss"], last["loss_l1"], last["loss_lap"], last["loss_bce"],
+                         last["loss_iou"], last["loss_class"], last["lr"], last["sec_per_step"])
                 metrics.add(last)
                 if tb is not None:
                     for k, v in last.items():
