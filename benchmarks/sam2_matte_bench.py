@@ -82,7 +82,7 @@ def plot(rows: list[dict], evals: list[dict], path: Path, title: str) -> None:
     a.legend()
     es = [e["step"] for e in evals]
     b.plot(es, [e["sam2_matte"] for e in evals], "o-", color="C3", label="SAM2-Matte (tiny)")
-    b.axhline(evals[-1]["mask"], color="k", ls="--", label="binary mask (its prompt)")
+    b.axhline(evals[-1]["mask"], color="k", ls="--", label="SA-V binary masks (every frame)")
     b.axhline(evals[-1]["mava"], color="C2", ls=":", label="MA-V pseudo-label (training target)")
     b.set_yscale("log")
     b.set_xlabel("step")

@@ -140,7 +140,7 @@ class MavaVideos:
             cover: dict[tuple, dict] = {}
             for r in rows:   # one sample per other masklet that covers the whole window
                 m = (r[Col.SOURCE], r[Col.MASKLET_ID])
-                if m != mine and m not in cover and set(ann) <= set(int(a) for a in r[Col.ANN_FRAMES]):
+                if m != mine and m not in cover and set(ann) <= {int(a) for a in r[Col.ANN_FRAMES]}:
                     cover[m] = r
             others = list(cover.values())
             rng.shuffle(others)

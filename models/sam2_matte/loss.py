@@ -28,8 +28,8 @@ the object-score head's job: SAM 2 then outputs -1024 logits, alpha 0).
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from training.loss_fns import MultiStepMultiMasksAndIous, sigmoid_focal_loss
 from training.trainer import CORE_LOSS_KEY
 

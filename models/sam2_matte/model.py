@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import fsspec
 import numpy as np
+import sam2  # noqa: F401  (initialises hydra's config module "sam2")
 import torch
 import torch.nn.functional as F
-
-import sam2  # noqa: F401  (initialises hydra's config module "sam2")
 from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -48,9 +47,9 @@ class SAM2Matte(SAM2Train):
         super().__init__(*args, **kwargs)
         self.prompt_threshold = float(prompt_threshold)
 
-    def prepare_prompt_inputs(self, backbone_out, input, start_frame_idx=0):  # noqa: A002 (SAM 2's name)
+    def prepare_prompt_inputs(self, backbone_out, input, start_frame_idx=0):
         if input.masks.dtype != torch.bool:
-            input = BatchedVideoDatapoint(  # noqa: A001
+            input = BatchedVideoDatapoint(
                 img_batch=input.img_batch, obj_to_frame_idx=input.obj_to_frame_idx,
                 masks=input.masks > self.prompt_threshold, metadata=input.metadata,
                 dict_key=input.dict_key, batch_size=input.batch_size)

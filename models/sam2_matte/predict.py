@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import posixpath
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import fsspec
 import numpy as np
@@ -36,7 +35,7 @@ class VideoFrames:
 
     url: str
     num_frames: int
-    _iter: callable
+    _iter: Callable[[], Iterator[np.ndarray]]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._iter()
@@ -44,7 +43,7 @@ class VideoFrames:
 
 def _clockwise(frame) -> int:
     """Clockwise display rotation of a decoded PyAV frame (its ``rotation`` is counter-clockwise)."""
-    return int(round(-float(getattr(frame, "rotation", 0) or 0) / 90.0)) * 90 % 360
+    return round(-float(getattr(frame, "rotation", 0) or 0) / 90.0) * 90 % 360
 
 
 def open_frames(url: str) -> VideoFrames:
@@ -178,4 +177,4 @@ def predict(checkpoint: str, video: str, out: str, mask: str | None = None, box:
     if not written:
         raise ValueError(f"{video}: no frames decoded")
     log.info("wrote %d alpha PNGs to %s", len(written), out)
-    return [ofs.unstrip_protocol(p) if not os.path.isabs(p) else p for p in written]
+    return written

@@ -22,8 +22,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 
 import fsspec
 import numpy as np
@@ -467,7 +467,3 @@ def train(cfg: TrainConfig) -> dict:
         return run_ray(cfg)
     return train_worker(cfg)
 
-
-def config_from_dict(d: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in names})
