@@ -16,12 +16,15 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
 	$(VENV)/bin/pip install --quiet -r requirements.lock
+	# the sam2 extra (SAM2-Matte): complete pinned list, no resolver (sam2 asks for torchvision and a build torch)
+	SAM2_BUILD_CUDA=0 $(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -r requirements-sam2.lock
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -c "from models.sam2_matte.config import require_sam2; require_sam2()"
 	touch $(STAMP)
 
 test: setup

@@ -1,0 +1,162 @@
+"""SAM2-Matte on CPU: does the tiny model, trained on MA-V made by our own job, matte better than the
+binary mask it is prompted with?
+
+    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 800] [--eval-every 100]
+
+1. a synthetic SA-V split with ground-truth alpha (``pipeline.synth``);
+2. MA-V from it by the real job (``pipeline.run --matter guided`` on a local Ray cluster);
+3. ``train --model tiny`` on that MA-V, paused every ``--eval-every`` steps (``--stop-after``; each
+   chunk resumes the run exactly), and after each chunk ``eval`` on the same clips against the ground
+   truth: SAM2-Matte (prompted with each clip's first-frame SA-V mask) vs the binary masks themselves
+   and vs MA-V's own pseudo-labels.
+
+Prints MAD (x1e3) of each at each evaluation and writes a plot of the loss and MAD against steps.
+Rerunning with the same --workdir reuses the data and continues the run (a larger --steps is a new run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("sam2_matte_bench")
+
+
+def make_mava(work: Path, videos: int, frames: int) -> tuple[Path, Path]:
+    """(MA-V split folder, gt_alpha folder), made once per workdir."""
+    from pipeline import synth
+
+    data = work / "data"
+    split = data / "sav_train"
+    if not (split / synth.GT_DIR).is_dir():
+        bg = str(synth.DEFAULT_BG) if synth.DEFAULT_BG.exists() else ""
+        specs = synth.make_specs(videos, frames, seed=1, sizes=["160x96", "96x160"], background=bg)
+        synth.generate_split(data, specs, "sav_train")
+    out = work / "mava"
+    if not (out / "sav_train" / "run.json").exists():
+        cmd = [sys.executable, "-m", "pipeline.run", "--split", "sav_train", "--data-root", str(data), "--out", str(out),
+               "--matter", "guided", "--address", "local", "--num-cpus", "2", "--videos-per-shard", "1",
+               "--no-progress", "--log-level", "WARNING"]
+        subprocess.run(cmd, check=True)
+    return out / "sav_train", split / synth.GT_DIR
+
+
+def evaluate(run: Path, split: Path, gt: Path, threads: int) -> dict[str, float]:
+    """Overall MAD of SAM2-Matte (newest checkpoint), the mask and MA-V's matte on every clip."""
+    import torch
+
+    from models.sam2_matte import evaluate as ev
+    from models.sam2_matte.predict import load_model
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rep = ev.evaluate(load_model(str(run)), str(split), str(gt))
+    finally:
+        torch.set_num_threads(old)
+    return {m: s["mad"] for m, s in rep.overall.items()} | {"frames": rep.frames}
+
+
+def plot(rows: list[dict], evals: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    a.plot(steps, loss, color="0.75", lw=0.8, label="loss (logged)")
+    k = max(1, len(loss) // 20)
+    if len(loss) >= k:
+        a.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), color="C0", label=f"mean of {k}")
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (core_loss)")
+    a.legend()
+    es = [e["step"] for e in evals]
+    b.plot(es, [e["sam2_matte"] for e in evals], "o-", color="C3", label="SAM2-Matte (tiny)")
+    b.axhline(evals[-1]["mask"], color="k", ls="--", label="SA-V binary masks (every frame)")
+    b.axhline(evals[-1]["mava"], color="C2", ls=":", label="MA-V pseudo-label (training target)")
+    b.set_yscale("log")
+    b.set_xlabel("step")
+    b.set_ylabel("MAD x1e3 vs ground truth")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="build/sam2_matte_bench", help="data, MA-V, the run and the plot")
+    p.add_argument("--videos", type=int, default=3, help="synthetic videos (60 frames, 15 annotated, each)")
+    p.add_argument("--frames", type=int, default=60, help="video frames per synthetic video")
+    p.add_argument("--steps", type=int, default=800, help="training steps")
+    p.add_argument("--eval-every", type=int, default=100, help="evaluate after every N steps")
+    p.add_argument("--image-size", type=int, default=128, help="tiny model input size")
+    p.add_argument("--num-frames", type=int, default=4, help="frames per training clip")
+    p.add_argument("--batch-size", type=int, default=2, help="videos per step")
+    p.add_argument("--augment", action="store_true", help="SAM 2's augmentations (off: fit these clips)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    p.add_argument("--plot", help="plot path (default <workdir>/sam2_matte_bench.png)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from models.sam2_matte import config as mcfg
+
+    mcfg.require_sam2()
+    from models.sam2_matte.train import TrainConfig, read_metrics, train
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    split, gt = make_mava(work, args.videos, args.frames)
+    run = work / f"run_{args.steps}"
+    cfg = TrainConfig(data=[str(split)], out=str(run), model="tiny", image_size=args.image_size, steps=args.steps,
+                      batch_size=args.batch_size, num_frames=args.num_frames, augment=args.augment,
+                      ckpt_every=args.eval_every, keep=1, log_every=5, loader_workers=1, threads=args.threads,
+                      progress=False)
+    evals_file = run / "bench_evals.json"
+    evals = json.loads(evals_file.read_text()) if evals_file.exists() else []
+    print(f"{'step':>6} {'loss':>10} {'SAM2-Matte MAD':>15} {'mask MAD':>9} {'MA-V MAD':>9} {'s/step':>7}")
+    for e in evals:
+        print(f"{e['step']:6d} {e['loss']:10.3f} {e['sam2_matte']:15.3f} {e['mask']:9.3f} {e['mava']:9.3f} {e['sec']:7.2f}")
+    done = evals[-1]["step"] if evals else 0
+    for stop in range(done + args.eval_every, args.steps + args.eval_every, args.eval_every):
+        stop = min(stop, args.steps)
+        t0 = time.time()
+        cfg.stop_after = stop
+        last = train(cfg)
+        sec = (time.time() - t0) / max(1, stop - done)
+        rows = [r for r in read_metrics(str(run)) if done < r["step"] <= stop]
+        mad = evaluate(run, split, gt, args.threads)
+        e = {"step": stop, "loss": sum(r["loss"] for r in rows) / max(1, len(rows)), "sec": sec, **mad}
+        evals.append(e)
+        evals_file.write_text(json.dumps(evals, indent=1))
+        print(f"{stop:6d} {e['loss']:10.3f} {e['sam2_matte']:15.3f} {e['mask']:9.3f} {e['mava']:9.3f} {sec:7.2f}",
+              flush=True)
+        done = stop
+        del last
+    if not evals:
+        print("nothing to do")
+        return 1
+    e = evals[-1]
+    path = Path(args.plot) if args.plot else work / "sam2_matte_bench.png"
+    plot(read_metrics(str(run)), evals, path,
+         f"SAM2-Matte tiny on MA-V ({args.videos} synthetic videos, guided matter), CPU, {args.image_size}px")
+    print(f"SAM2-Matte (tiny, {e['step']} steps) MAD {e['sam2_matte']:.3f} vs binary mask MAD {e['mask']:.3f} "
+          f"(ratio {e['sam2_matte'] / e['mask']:.2f}; MA-V pseudo-labels {e['mava']:.3f}) over {e['frames']} frames "
+          f"of {args.videos} videos; beats the mask: {'yes' if e['sam2_matte'] < e['mask'] else 'no'}")
+    print(f"plot: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
