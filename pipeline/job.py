@@ -45,6 +45,7 @@ class JobConfig:
     shards: set[int] | None = None
     retry_failed: bool = False
     redo_mismatched: bool = False     # redo finished shards written with another fingerprint
+    replan: bool = False              # rewrite an output written with another shard plan (all its shards)
     verify_skipped: bool = False      # also check a finished shard's tar sha256 before skipping it
     max_matter_failures: float = 0.5  # largest fraction of a shard's samples the matter may fail on
     lease_timeout_s: float = 300.0    # a lease without heartbeat for this long is stale
@@ -169,10 +170,11 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
     removed = planning.clean_partials(out)
     if removed:
         log.info("removed %d partial files of an interrupted run", removed)
-    stale = planning.stale_shards(out, cfg.split, len(plans)) if cfg.limit_videos is None else []
-    if stale:
-        raise JobError(f"{cfg.out_split} holds shards past this plan's {len(plans)} ({stale[0]}, ...): it was "
-                       f"written with another shard plan (--videos-per-shard?); use a new --out")
+    try:
+        planning.settle_plan(out, cfg.split, plans, cfg.videos_per_shard, replan=cfg.replan, shards=cfg.shards,
+                             limited=cfg.limit_videos is not None)
+    except planning.PlanConflict as exc:
+        raise JobError(str(exc)) from exc
     init_ray(cfg.resources)
     ex = Executor(steps_for(cfg), cfg.resources, cfg.matter_config.batch_size, cfg.progress)
     try:
@@ -186,7 +188,8 @@ def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPla
     fingerprint = {schema.FP_MATTER: agreed_fingerprint(ex.start_actors()), schema.FP_CONTENT: cfg.content_options()}
     sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
                                  retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
-                                 verify_tar=cfg.verify_skipped)
+                                 verify_tar=cfg.verify_skipped, plan=planning.plan_record(cfg.videos_per_shard),
+                                 limited=cfg.limit_videos is not None)
     if sel.mismatched:
         groups: dict[str, list[int]] = collections.defaultdict(list)
         for i, why in sorted(sel.mismatched.items()):
@@ -200,7 +203,7 @@ def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPla
              len(sel.run), len(sel.skip))
     result = JobResult(shards_skipped=[p.index for p in sel.skip], fingerprint=fingerprint)
     if sel.run:
-        marker = {schema.MARKER_FINGERPRINT: fingerprint}
+        marker = {schema.MARKER_FINGERPRINT: fingerprint, schema.MARKER_PLAN: planning.plan_record(cfg.videos_per_shard)}
         tasks = [ShardTask(p.index, p.videos, {schema.MARKER_VIDEOS: [v.video_id for v in p.videos]} | marker)
                  for p in sel.run]
         run = ex.run(tasks)

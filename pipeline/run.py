@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="redo finished shards written with another fingerprint (matter, weights or an "
                          "output-changing option) or with unreadable done markers; without it such a rerun "
                          "refuses (exit 2) instead of mixing")
+    sh.add_argument("--replan", action="store_true",
+                    help="rewrite an output written with another shard plan (--videos-per-shard): every shard of "
+                         "the old plan is removed, then the whole split is written with this one; without it such "
+                         "a rerun refuses (exit 2). Not with --shards")
     sh.add_argument("--verify-skipped", action="store_true",
                     help="before skipping a finished shard, also check its tar's sha256 against the done marker "
                          "(always checked: the tar's size and the manifest's sha256)")
@@ -244,7 +248,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
         split=args.split, data_root=args.data_root, out=args.out, matter=args.matter, matter_config=matter,
         reader=ReaderConfig(masklets=args.masklets, segment_len=args.segment_len, backend=args.backend),
         resources=resources, videos_per_shard=args.videos_per_shard,
-        shards=args.shards, retry_failed=args.retry_failed, redo_mismatched=args.redo_mismatched,
+        shards=args.shards, retry_failed=args.retry_failed, redo_mismatched=args.redo_mismatched, replan=args.replan,
         verify_skipped=args.verify_skipped, max_matter_failures=args.max_matter_failures,
         lease_timeout_s=args.lease_timeout, limit_videos=args.limit_videos, frames=args.frames,
         progress=not args.no_progress)
