@@ -356,7 +356,7 @@ def build(split_dir: str | SplitDir | SplitState, card_path: str | None = None, 
             _save_png(previews_sheet(split, picked), ffs, prev_png)
             figures["previews"] = prev_png
     matter = ((prov.run or {}).get(schema.RUN_MATTER) or {}).get("name", "a matter")
-    problems = prov.problems + v.problems() + tar_problems(st)
+    problems = prov.problems + v.problems() + tar_problems(st, v)
     warnings = st.warnings()
     body = [f"# MA-V: {s.split}", "",
             f"Video alpha mattes made from the SA-V `{s.split}` split's masklets by the `{matter}` matter, "

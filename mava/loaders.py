@@ -289,13 +289,25 @@ def _vouched_rows(split_dir: str | SplitDir, keys: set[str] | None, query: str |
 def _vouch(key: str, members: dict[str, bytes], row: dict, shard: str, at: tuple[int, int] | None = None) -> None:
     """SampleError unless a sample's members (and, from a scan, its byte range `at`) are what its manifest
     row records: offset, size, member count, every member of every frame."""
+    check_members(key, members, row[Col.NUM_FRAMES] or 0, shard, row[Col.NUM_MEMBERS])
     if at is not None and at != (row[Col.TAR_OFFSET], row[Col.TAR_SIZE]):
         raise SampleError(key, shard, None, f"found at bytes {at[0]}+{at[1]}, its manifest row says "
                           f"{row[Col.TAR_OFFSET]}+{row[Col.TAR_SIZE]}: the tar is not the one its manifest describes")
-    check_members(key, members, row[Col.NUM_FRAMES] or 0, shard, row[Col.NUM_MEMBERS])
 
 
 # --- streaming ------------------------------------------------------------------------------------
+
+
+def _scan(url: str, errors: list[Exception]) -> Iterator:
+    """The samples of a tar (:func:`~mava.sample.scan_tar`) until it ends or stops reading; why it
+    stopped goes to `errors` (a bad tar is the reader's to report, per sample)."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as f:
+            yield from scan_tar(f)
+    except (OSError, EOFError, tarfile.TarError, SampleFormatError) as exn:
+        errors.append(exn)
 
 
 class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
@@ -347,40 +359,36 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
 
     def _samples(self, data: Iterator[dict]) -> Iterator[dict]:
         """Scan each shard's tar against its manifest rows; yield the vouched samples (WebDataset dicts)."""
-        import fsspec
-
         for item in data:
             url = item["url"]
             shard = schema.file_shard(url)
             rows = self._rows.get(shard, {})
             seen: set[str] = set()
             foreign: list[str] = []
-            broken = None
-            try:
-                with fsspec.open(url, "rb") as f:
-                    for e in scan_tar(f):
-                        row = rows.get(e.key)
-                        if row is None:
-                            if shard in self._dups.get(e.key, ()):
-                                continue  # a duplicate key: served from its first shard only
-                            foreign.append(e.key)
-                            self._skip(SampleError(e.key, url, None, "in the tar, but no ok row of the shard's "
-                                                   "manifest has this key: the tar is not the one its manifest "
-                                                   "describes"), self.epoch, count=False)
-                            continue
-                        if e.key in seen:
-                            continue  # never served twice
-                        seen.add(e.key)
-                        if self.keys is not None and e.key not in self.keys:
-                            continue
-                        try:
-                            _vouch(e.key, e.members, row, url, (e.offset, e.size))
-                        except SampleError as exn:
-                            self._skip(exn, self.epoch)
-                            continue
-                        yield {schema.WDS_KEY: e.key, schema.WDS_URL: url, **e.members}
-            except (OSError, EOFError, tarfile.TarError, SampleFormatError) as exn:
-                broken = f"not reached: the tar does not read to its end ({type(exn).__name__}: {exn})"
+            errors: list[Exception] = []
+            for e in _scan(url, errors):
+                row = rows.get(e.key)
+                if row is None:
+                    if shard in self._dups.get(e.key, ()):
+                        continue  # a duplicate key: served from its first shard only
+                    foreign.append(e.key)
+                    self._skip(SampleError(e.key, url, None, "in the tar, but no ok row of the shard's manifest "
+                                           "has this key: the tar is not the one its manifest describes"),
+                               self.epoch, count=False)
+                    continue
+                if e.key in seen:
+                    continue  # never served twice
+                seen.add(e.key)
+                if self.keys is not None and e.key not in self.keys:
+                    continue
+                try:
+                    _vouch(e.key, e.members, row, url, (e.offset, e.size))
+                except SampleError as exn:
+                    self._skip(exn, self.epoch)
+                    continue
+                yield {schema.WDS_KEY: e.key, schema.WDS_URL: url, **e.members}
+            broken = (f"not reached: the tar does not read to its end ({type(errors[0]).__name__}: {errors[0]})"
+                      if errors else None)
             for key in rows:
                 if key not in seen and (self.keys is None or key in self.keys):
                     self._skip(SampleError(key, url, None, broken or "not in the shard's tar: the tar is not the "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tarfile
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -79,7 +80,7 @@ class SplitState:
         return out
 
 
-def _read_objects(d: SplitDir, paths: list[str]) -> dict[str, dict | UnreadableFile]:
+def read_json_objects(d: SplitDir, paths: list[str]) -> dict[str, dict | UnreadableFile]:
     """JSON objects of several files of the split, fetched together (concurrently on object stores)."""
     if not paths:
         return {}
@@ -113,7 +114,7 @@ def inspect_split(split_dir: str | SplitDir, need_finished: bool = False) -> Spl
         state.unreadable.append(exc)
     n = (state.run or {}).get(schema.RUN_NUM_SHARDS)
     state.planned = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
-    for p, doc in _read_objects(d, d.done_files()).items():
+    for p, doc in read_json_objects(d, d.done_files()).items():
         if isinstance(doc, UnreadableFile):
             state.unreadable.append(doc)
         else:
@@ -207,17 +208,43 @@ def tar_sizes(state: SplitState) -> dict[str, int]:
     return {schema.file_shard(p): int(info["size"]) for p, info in state.dir.glob(schema.SHARDS_GLOB, detail=True).items()}
 
 
-def tar_problems(state: SplitState) -> list[str]:
-    """Finished shards whose tar is missing or not the size its done marker records (one listing)."""
+def tar_problems(state: SplitState, vouched: Vouched | None = None) -> list[str]:
+    """Finished shards whose tar is missing, not the size its done marker records (one listing), or
+    (given the vouched rows) does not hold the first and last ok sample of its manifest where the rows
+    say (one 512-byte ranged read each, fetched together): a swapped or rewritten tar."""
     d = state.dir
     sizes = tar_sizes(state)
     out = []
     for shard, marker in state.finished.items():
-        name = shard
         want = marker.get(schema.MARKER_TAR_BYTES)
-        if name not in sizes:
+        if shard not in sizes:
             out.append(f"{d.url_of(schema.shard_file(shard))}: missing (the shard has a done marker)")
-        elif isinstance(want, int) and sizes[name] != want:
-            out.append(f"{d.url_of(schema.shard_file(shard))}: {sizes[name]} bytes, its done marker says {want}: "
+        elif isinstance(want, int) and sizes[shard] != want:
+            out.append(f"{d.url_of(schema.shard_file(shard))}: {sizes[shard]} bytes, its done marker says {want}: "
                        "not the tar the marker vouches for")
+    if vouched is None:
+        return out
+    ends: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {}   # shard -> (first, last) (key, offset)
+    for r in vouched.table.select([Col.SHARD, Col.KEY, Col.TAR_OFFSET, Col.STATUS]).to_pylist():
+        if r[Col.STATUS] == schema.STATUS_OK and r[Col.SHARD] in sizes and r[Col.TAR_OFFSET] is not None:
+            here = (r[Col.KEY], r[Col.TAR_OFFSET])
+            ends[r[Col.SHARD]] = (ends[r[Col.SHARD]][0], here) if r[Col.SHARD] in ends else (here, here)
+    jobs = [(shard, key, off) for shard, pair in ends.items() for key, off in dict(pair).items()]
+    if not jobs:
+        return out
+    paths = [schema.shard_file(s) for s, _, _ in jobs]
+    heads = d.cat_ranges(paths, [o for _, _, o in jobs], [o + tarfile.BLOCKSIZE for _, _, o in jobs],
+                         on_error="return")
+    said = {line.split(": ", 1)[0] for line in out}  # one line per shard
+    for (shard, key, off), head in zip(jobs, heads):
+        try:
+            if isinstance(head, BaseException):
+                raise head
+            name = tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape").name
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            name = f"no tar header ({type(exc).__name__})"
+        if name.partition(".")[0] != key and d.url_of(schema.shard_file(shard)) not in said:
+            said.add(d.url_of(schema.shard_file(shard)))
+            out.append(f"{d.url_of(schema.shard_file(shard))}: at byte {off} holds {name!r}, its manifest row says "
+                       f"sample {key}: not the tar the manifest describes")
     return out

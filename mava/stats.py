@@ -64,7 +64,7 @@ def summarise(st: SplitState, v: Vouched) -> SplitStats:
         matters=dict(Counter(t[Col.MATTER][i] or "none" for i in ok).most_common()),
         sources=dict(Counter(t[Col.SOURCE][i] or "none" for i in ok).most_common()),
         quality=quality, done=len(st.finished), planned=st.planned,
-        unreadable=[str(e) for e in st.unreadable] + v.problems() + tar_problems(st), warnings=st.warnings())
+        unreadable=[str(e) for e in st.unreadable] + v.problems() + tar_problems(st, v), warnings=st.warnings())
 
 
 def _human(n: float) -> str:

@@ -11,7 +11,8 @@ from typing import Sequence
 import pyarrow.parquet as pq
 
 from mava import schema
-from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
+from mava.folder import SplitDir, UnreadableFile, as_split
+from mava.state import read_json_objects
 from mava.schema import Col
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,8 @@ def read_markers(out: str | SplitDir, split: str) -> dict[int, dict | Unreadable
     d = as_split(out)
     paths = {i: p for p in d.done_files()
              if (i := schema.shard_index(schema.file_shard(p), split)) is not None}
-    out_: dict[int, dict | UnreadableFile] = {}
-    for i, p in sorted(paths.items()):
-        try:
-            out_[i] = read_json_file(d, p)
-        except UnreadableFile as exc:
-            out_[i] = exc
-    return out_
+    docs = read_json_objects(d, list(paths.values()))  # fetched together (concurrently on object stores)
+    return {i: docs[p] for i, p in sorted(paths.items())}
 
 
 def recorded_plan(out: str | SplitDir, markers: dict[int, dict | UnreadableFile]) -> tuple[dict | None, str]:
@@ -139,7 +135,8 @@ def settle_plan(out: str | SplitDir, split: str, plans: list[ShardPlan], videos_
 
     Returns this run's plan record (it joins every done marker) after recording it in plan.json.
     Raises :class:`PlanConflict`, naming the old and the new plan, when the output records another plan
-    (:func:`recorded_plan`) or holds done markers of another plan, whatever else the run asks for.
+    (:func:`recorded_plan`), whatever else the run asks for, or done markers of another plan past the
+    end of this one (inside it, :func:`check_shard` refuses them shard by shard).
     ``replan`` rewrites instead: every shard of the output is removed (markers first) and the new plan
     recorded, so the output is never half one plan and half the other; with ``shards`` it is refused
     for the same reason. Finished shards past the end of the plan (the split lost videos) are refused
@@ -161,23 +158,25 @@ def settle_plan(out: str | SplitDir, split: str, plans: list[ShardPlan], videos_
         old, source, unreadable = None, "", exc
     foreign = {i: m[schema.MARKER_PLAN] for i, m in markers.items()
                if isinstance(m, dict) and isinstance(m.get(schema.MARKER_PLAN), dict) and m[schema.MARKER_PLAN] != new}
-    if replan and (unreadable is not None or (old is not None and old != new) or foreign):
-        n = remove_shards(d)
-        log.warning("--replan: removed the %d shard files of %s (%s); writing every shard with %s", n, d.url,
-                    f"shard plan {describe_plan(old)}" if old else (unreadable or "markers of another plan"),
-                    describe_plan(new))
+    past = sorted(i for i in markers if i >= len(plans))
+    if replan and (unreadable is not None or old != new or foreign or (past and not limited)):
+        n = remove_shards(d)  # an unknown old plan (nothing records one) is rewritten too
+        if n:
+            log.warning("--replan: removed the %d shard files of %s (%s); writing every shard with %s", n, d.url,
+                        f"shard plan {describe_plan(old)}" if old else (unreadable or "no recorded shard plan"),
+                        describe_plan(new))
         markers = {}
     elif old is not None and old != new:
         raise PlanConflict(f"{d.url} was written with another shard plan ({describe_plan(old)}, recorded in "
                            f"{source}) than this run's ({describe_plan(new)}): rerun with {describe_plan(old)}, or "
                            "add --replan to rewrite the whole output with the new plan (its shards are removed), or "
                            "use a new --out")
-    elif foreign:
-        i, other = next(iter(sorted(foreign.items())))
-        raise PlanConflict(f"{d.url} holds done markers of another shard plan ({describe_plan(other)}, shard"
-                           f"{'s' if len(foreign) > 1 else ''} {format_indices(list(foreign))}) than this run's "
-                           f"({describe_plan(new)}{', as its ' + source if old else ''}): rerun with --replan to "
-                           "rewrite the whole output with one plan, or use a new --out")
+    elif any(i >= len(plans) for i in foreign):  # inside the plan, check_shard refuses them one by one
+        beyond = sorted(i for i in foreign if i >= len(plans))
+        raise PlanConflict(f"{d.url} holds done markers of another shard plan ({describe_plan(foreign[beyond[0]])}, "
+                           f"shard{'s' if len(beyond) > 1 else ''} {format_indices(beyond)}) past the end of this "
+                           f"run's ({describe_plan(new)}): rerun with --replan to rewrite the whole output with one "
+                           "plan, or use a new --out")
     elif replan:
         log.info("--replan: %s already has the plan %s", d.url, describe_plan(new))
     past = sorted(i for i in markers if i >= len(plans))
