@@ -511,8 +511,8 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
             try:
                 return self._get(j)
             except SampleError as exn:
-                self._bad_here.add(j)
-                self._skip(exn, self.epoch, count=self._counted.mark(j))
+                self._skip(exn, self.epoch, count=self.on_error == "skip" and self._counted.mark(j))
+                self._bad_here.add(j)  # (skip mode: not read again this epoch in this process)
         raise SampleError("*", self.split.url, None, f"no readable sample among {n}")
 
     def by_key(self, key: str) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from mava import schema
 from mava.__main__ import main as mava_main
@@ -352,6 +353,9 @@ def test_a_truncated_tar_counts_each_bad_sample_once(ref, tmp_path, caplog):
     assert {ra[i]["key"] for i in range(len(ra))} == want and ra.bad_samples == len(lost)
     ra.set_epoch(1)
     assert {ra[i]["key"] for i in range(len(ra))} == want and ra.bad_samples == 2 * len(lost)  # once per epoch
+    ra.set_epoch(2)  # two DataLoader workers meet the same bad items: still counted once
+    dl = torch.utils.data.DataLoader(ra, batch_size=2, num_workers=2, collate_fn=lambda b: [c["key"] for c in b])
+    assert {k for batch in dl for k in batch} == want and ra.bad_samples == 3 * len(lost)
     caplog.clear()
     s = StreamingClips(str(d), ALPHA, on_error="skip")
     assert {c["key"] for c in s} == want and s.bad_samples == len(lost)
