@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--video-id", required=True, help="video id, e.g. sav_000001")
     x.add_argument("--masklet", type=int, required=True, help="masklet id")
     x.add_argument("--source", choices=schema.SOURCES, default=None, help="masklet source (default: manual if present)")
-    x.add_argument("--out", required=True, metavar="DIR", help="output folder (path or fsspec URL)")
+    x.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (path or fsspec URL): new or empty; export owns it (see --overwrite)")
+    x.add_argument("--overwrite", action="store_true",
+                   help="export into a folder that holds an earlier export: its files (alpha/, alpha_24fps/, the "
+                        "MP4s, export.json) are removed first; a folder holding anything else is still refused")
     x.add_argument("--fps", type=float, default=6.0, choices=(6.0, 24.0),
                    help="6: the annotated frames; 24: also the video timeline (see --upsample)")
     x.add_argument("--upsample", choices=("nearest", "linear"), default="nearest",
@@ -139,27 +143,43 @@ def _qc_parsers(sub, fmt) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 the split has unreadable or unvouched files (listed) or the command found
+    nothing to report; 2 a usage error, or a path that is not an MA-V split (one line)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from mava.folder import SplitDir, UnreadableFile
     from mava.sample import SampleFormatError
+    from mava.state import NotASplit
 
     if not SplitDir(args.dir).exists(""):
         print(f"error: no split folder {args.dir}", file=sys.stderr)
         return lifecycle.EXIT_USAGE
     try:
         return _run(args)
+    except NotASplit as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return lifecycle.EXIT_USAGE
     except (UnreadableFile, SampleFormatError) as exn:
         print(f"error: {exn} (`python -m mava verify {args.dir}` lists every damaged file; rerunning the "
               "job redoes damaged shards)", file=sys.stderr)
         return lifecycle.EXIT_FAILED
 
 
+def _warn(lines: list[str]) -> None:
+    """Say on the terminal (stderr, one line each) what a command that still serves leaves out."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from mava.state import inspect_split, require_split
+
+    require_split(args.dir)  # a path that is not a split: one line, exit 2, for every command
     if args.cmd == "stats":
         from mava import stats
 
         s = stats.compute(args.dir)
+        _warn(s.warnings)
         if args.json:
             d = {k: v for k, v in s.__dict__.items() if k != "quality"}
             print(json.dumps(d, indent=1))
@@ -172,11 +192,20 @@ def _run(args: argparse.Namespace) -> int:
         import duckdb
 
         from mava import manifest
+        from mava.state import vouched_manifest
 
+        st = inspect_split(args.dir)
+        v = vouched_manifest(st)
+        if v.unreadable:
+            raise v.unreadable[0]
+        _warn(st.warnings() + v.problems())
+        con = duckdb.connect()
+        con.register(manifest.TABLE, v.table)  # the finished shards' rows, each key once
         try:
-            res = manifest.query(args.dir, args.sql)
+            rel = con.sql(args.sql)
+            res = manifest.QueryResult([], []) if rel is None else manifest.QueryResult(list(rel.columns), rel.fetchall())
         except duckdb.Error as exn:
-            print(f"error: {str(exn).strip().splitlines()[0]}", file=sys.stderr)
+            print(f"error: {type(exn).__name__}: {str(exn).splitlines()[0]}", file=sys.stderr)
             return lifecycle.EXIT_USAGE
         rows = res.rows[: args.limit] if args.limit is not None else res.rows
         if args.keys:
@@ -212,19 +241,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "card":
         from mava import card
 
-        c = card.write(args.dir, args.out, figures_dir=args.figures_dir, n_previews=args.previews,
-                       data_path=args.data_path, pretty_name=args.pretty_name)
+        try:
+            c = card.write(args.dir, args.out, figures_dir=args.figures_dir, n_previews=args.previews,
+                           data_path=args.data_path, pretty_name=args.pretty_name)
+        except card.CardError as exn:
+            print(f"error: {exn}", file=sys.stderr)
+            return 2
+        _warn(c.warnings + c.problems)
         print(" ".join([args.out, *c.figures.values()]))
-        return 0
+        return 1 if c.problems else 0
     if args.cmd == "export":
         from mava import export
 
         try:
             res = export.export(args.dir, args.video_id, args.masklet, args.out, source=args.source, gt_dir=args.gt,
                                 fps=args.fps, upsample_method=args.upsample, crf=args.crf, png=not args.no_png,
-                                subset=args.subset)
+                                subset=args.subset, overwrite=args.overwrite)
         except KeyError as exn:
             print(f"error: {exn.args[0]}", file=sys.stderr)
+            return 2
+        except export.ExportError as exn:
+            print(f"error: {exn}", file=sys.stderr)
             return 2
         print(export.render(res.report))
         print(" ".join(res.files))

@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw
 
 from mava import hf, qc_report, schema, stats
 from mava.schema import Col
-from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
-from mava.manifest import ok_rows
-from mava.preview import BG, ROW_LABELS, TEXT, _font, load_sample, panels
+from mava.folder import SplitDir
+from mava.preview import BG, ROW_LABELS, TEXT, _font, panels
+from mava.sample import Sample, decode_sample, has_frames
+from mava.state import SplitState, inspect_split, tar_problems, vouched_manifest
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +85,17 @@ def _distinct(values: list[dict]) -> list[dict]:
     return out
 
 
-def provenance(split: SplitDir) -> Provenance:
-    """run.json and the distinct options/fingerprints recorded in the done markers (never raises for content)."""
-    problems = []
-    try:
-        run = split.run_info()
-        if run is None:
-            problems.append(f"no {schema.RUN_JSON}: the run that wrote this folder did not finish")
-    except UnreadableFile as exn:
-        run = None
-        problems.append(str(exn))
+def provenance(st: SplitState) -> Provenance:
+    """run.json and the distinct options/fingerprints recorded in the finished shards' done markers
+    (never raises for content; unreadable run.json and markers are problems)."""
+    problems = [str(e) for e in st.unreadable]
     opts, fps = [], []
-    for p in split.done_files():
-        try:
-            m = read_json_file(split, p)
-        except UnreadableFile as exn:
-            problems.append(str(exn))
-            continue
+    for m in st.finished.values():
         if isinstance(m.get(schema.MARKER_OPTIONS_LEGACY), dict):  # markers written before fingerprints
             opts.append(m[schema.MARKER_OPTIONS_LEGACY])
         if isinstance(m.get(schema.MARKER_FINGERPRINT), dict):
             fps.append(m[schema.MARKER_FINGERPRINT])
-    prov = Provenance(run, problems, _distinct(opts), _distinct(fps))
+    prov = Provenance(st.run, problems, _distinct(opts), _distinct(fps))
     if len(prov.marker_options) > 1 or len(prov.marker_fingerprints) > 1:
         prov.problems.append("shards were written with different options or fingerprints (see below): "
                              "the split mixes outputs of different runs")
@@ -134,10 +124,9 @@ def _table(pairs: list[tuple[str, object]], head: tuple[str, str] = ("option", "
 # --- figures --------------------------------------------------------------------------------------
 
 
-def pick_samples(split: SplitDir, n: int) -> list[str]:
-    """Up to `n` ok keys spread over clips: the first segment of distinct (video, masklet), in key order,
-    preferring distinct videos."""
-    rows = ok_rows(split)
+def pick_samples(rows: list[dict], n: int) -> list[dict]:
+    """Up to `n` of the ok `rows` spread over clips: the first segment of distinct (video, masklet), in
+    key order, preferring distinct videos."""
     first: dict[tuple, dict] = {}
     for r in sorted(rows, key=lambda r: (r[Col.VIDEO_ID], r[Col.SOURCE], r[Col.MASKLET_ID], r[Col.START])):
         first.setdefault((r[Col.VIDEO_ID], r[Col.SOURCE], r[Col.MASKLET_ID]), r)
@@ -149,15 +138,23 @@ def pick_samples(split: SplitDir, n: int) -> list[str]:
             seen.add(r[Col.VIDEO_ID])
             by_video.append(r)
     rest = [r for r in clips if r not in by_video]
-    return [r[Col.KEY] for r in (by_video + rest)[:n]]
+    return (by_video + rest)[:n]
 
 
-def previews_sheet(split: SplitDir, keys: list[str], tile: int = 200) -> Image.Image:
-    """One row per sample, at its frame with the largest input mask: frame + input mask outline,
-    matte composite over a checkerboard, alpha."""
+def _load(split: SplitDir, row: dict) -> Sample:
+    """One sample of a vouched manifest row (frames when present)."""
+    members = split.row_members(row)
+    fields = ("frames", "alpha", "mask") if has_frames(members) else ("alpha", "mask")
+    return decode_sample(row[Col.KEY], members, None, fields, shard=split.url_of(schema.shard_file(row[Col.SHARD])))
+
+
+def previews_sheet(split: SplitDir, samples: list[dict], tile: int = 200) -> Image.Image:
+    """One row per sample (vouched manifest rows), at its frame with the largest input mask: frame +
+    input mask outline, matte composite over a checkerboard, alpha."""
     rows = []
-    for key in keys:
-        s = load_sample(split, key)
+    for row in samples:
+        key = row[Col.KEY]
+        s = _load(split, row)
         t = int(np.argmax(s.masks.reshape(len(s.masks), -1).sum(1)))
         rows.append((key, s.meta.get(Col.ANN_FRAMES, [None] * (t + 1))[t], panels(s, t, tile)))
     pw = max(p[0].shape[1] for _, _, p in rows)
@@ -185,11 +182,17 @@ def _save_png(img_or_fn, fs: fsspec.AbstractFileSystem, path: str) -> None:
 # --- the card -------------------------------------------------------------------------------------
 
 
+class CardError(ValueError):
+    """The card cannot be written where asked (one line for the user)."""
+
+
 @dataclass
 class Card:
     header: dict
     body: str
     figures: dict[str, str]   # name -> path written
+    warnings: list[str] = field(default_factory=list)  # the split is not finished (what the card leaves out)
+    problems: list[str] = field(default_factory=list)  # unreadable or unvouched files, mixed runs
 
     def text(self) -> str:
         return "---\n" + yaml.safe_dump(self.header, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n" + self.body
@@ -205,10 +208,11 @@ def _data_path(split: SplitDir, card_path: str | None, data_path: str | None) ->
     return schema.SHARDS_GLOB
 
 
-def header(split: SplitDir, s: stats.SplitStats, data_path: str, pretty_name: str | None = None) -> dict:
-    """The card's YAML metadata: license, tasks, size, configs pointing at the shards, row features."""
+def header(table, s: stats.SplitStats, data_path: str, pretty_name: str | None = None) -> dict:
+    """The card's YAML metadata: license, tasks, size, configs pointing at the shards, row features
+    (`table`: the vouched manifest rows)."""
     hub_split = hub_split_name(s.split)
-    feats = [{"name": n, "dtype": d} for n, d in hf.columns(hf.max_frames(split), hf.has_frames(split))]
+    feats = [{"name": n, "dtype": d} for n, d in hf.columns(hf.max_frames(table), hf.has_frames(table))]
     return {
         "pretty_name": pretty_name or f"MA-V {s.split}",
         "license": LICENSE,
@@ -277,9 +281,9 @@ def _counts(s: stats.SplitStats) -> list[str]:
     return out
 
 
-def _loading(hub_split: str, data_path: str, split: SplitDir, max_frames: int) -> list[str]:
+def _loading(hub_split: str, data_path: str, shards: list[str], max_frames: int) -> list[str]:
     a0, f0 = schema.alpha_ext(0), schema.frame_ext(0)
-    names = sorted(posixpath.basename(p)[: -len(".tar")] for p in split.shard_files())
+    names = sorted(shards)
     if len(names) > 1:
         head = os.path.commonprefix(names)
         head = head[: head.rfind("-") + 1] if "-" in head else head
@@ -318,15 +322,20 @@ def _loading(hub_split: str, data_path: str, split: SplitDir, max_frames: int) -
     ]
 
 
-def build(split_dir: str | SplitDir, card_path: str | None = None, figures_dir: str | None = None,
+def build(split_dir: str | SplitDir | SplitState, card_path: str | None = None, figures_dir: str | None = None,
           n_previews: int = 4, data_path: str | None = None, pretty_name: str | None = None) -> Card:
-    """Compute the card of a split; write its figures (PNG) under `figures_dir` (default: ``figures/``
-    beside `card_path`; none when both are None)."""
-    split = as_split(split_dir)
-    s = stats.compute(split)
-    prov = provenance(split)
+    """Compute the card of a split's finished shards; write its figures (PNG) under `figures_dir`
+    (default: ``figures/`` beside `card_path`; none when both are None). Raises
+    :class:`~mava.state.NotASplit` for a path that is not a split or has no finished shard."""
+    st = split_dir if isinstance(split_dir, SplitState) else inspect_split(split_dir, need_finished=True)
+    split = st.dir
+    v = vouched_manifest(st)
+    s = stats.summarise(st, v)
+    prov = provenance(st)
+    ok = [r for r in v.table.to_pylist() if r[Col.STATUS] == schema.STATUS_OK]
+    max_frames = hf.max_frames(v.table)
     dpath = _data_path(split, card_path, data_path)
-    head = header(split, s, dpath, pretty_name)
+    head = header(v.table, s, dpath, pretty_name)
     hub_split = head["configs"][0]["data_files"][0]["split"]
     figures: dict[str, str] = {}
     fig_rel = FIGURES_DIR
@@ -341,19 +350,21 @@ def build(split_dir: str | SplitDir, card_path: str | None = None, figures_dir: 
         with ffs.open(stats_png, "wb") as f:
             stats.plot(s, f)  # a file object: works for any fsspec URL
         figures["stats"] = stats_png
-        keys = pick_samples(split, n_previews)
-        if keys:
+        picked = pick_samples(ok, n_previews)
+        if picked:
             prev_png = posixpath.join(froot, PREVIEWS_PNG)
-            _save_png(previews_sheet(split, keys), ffs, prev_png)
+            _save_png(previews_sheet(split, picked), ffs, prev_png)
             figures["previews"] = prev_png
     matter = ((prov.run or {}).get(schema.RUN_MATTER) or {}).get("name", "a matter")
+    problems = prov.problems + v.problems() + tar_problems(st, v)
+    warnings = st.warnings()
     body = [f"# MA-V: {s.split}", "",
             f"Video alpha mattes made from the SA-V `{s.split}` split's masklets by the `{matter}` matter, "
             "as WebDataset shards with a parquet manifest. Every sample is a segment of up to "
-            f"{hf.max_frames(split)} frames of one masklet at the annotation rate (6 fps), with the input mask it "
+            f"{max_frames} frames of one masklet at the annotation rate (6 fps), with the input mask it "
             "was conditioned on.", ""]
-    if prov.problems or s.unreadable:
-        body += ["> **Warning.** " + " ".join(prov.problems + [f"unreadable: {u}" for u in s.unreadable]), ""]
+    if warnings or problems:
+        body += ["> **Warning.** " + " ".join(warnings + problems), ""]
     body += ["## License", "", LICENSE_NOTE, ""]
     body += ["## Contents", ""] + _counts(s) + [""]
     if figures:
@@ -371,12 +382,34 @@ def build(split_dir: str | SplitDir, card_path: str | None = None, figures_dir: 
     body += qc_lines
     figures |= qc_figures
     body += _how_made(prov)
-    body += _loading(hub_split, dpath, split, hf.max_frames(split))
-    return Card(head, "\n".join(body), figures)
+    body += _loading(hub_split, dpath, list(st.finished), max_frames)
+    return Card(head, "\n".join(body), figures, warnings, problems)
+
+
+def check_out(card_path: str, figures_dir: str | None = None) -> None:
+    """Refuse, before anything is written, a card path that names a folder or lies under a file, and a
+    figures folder that is a file (:class:`CardError`, one line)."""
+    fs, path = fsspec.core.url_to_fs(card_path)
+    if not posixpath.basename(path.rstrip("/")) or fs.isdir(path):
+        raise CardError(f"--out {card_path} is a folder: give the card's file name, e.g. "
+                        f"{card_path.rstrip('/')}/README.md")
+    parent = posixpath.dirname(path)
+    while parent and parent not in ("/", "."):
+        if fs.isfile(parent):
+            raise CardError(f"--out {card_path}: {parent} is a file, not a folder")
+        if fs.isdir(parent):
+            break
+        parent = posixpath.dirname(parent)
+    figs = figures_dir or posixpath.join(posixpath.dirname(card_path) or ".", FIGURES_DIR)
+    ffs, froot = fsspec.core.url_to_fs(figs)
+    if ffs.isfile(froot):
+        raise CardError(f"the figures folder {figs} is a file (give --figures-dir, or move it)")
 
 
 def write(split_dir: str | SplitDir, card_path: str, **kwargs) -> Card:
-    """Build the card and write it to `card_path` (figures beside it)."""
+    """Build the card and write it to `card_path` (figures beside it); :class:`CardError` before
+    anything is written when `card_path` cannot be a file."""
+    check_out(card_path, kwargs.get("figures_dir"))
     card = build(split_dir, card_path, **kwargs)
     with fsspec.open(card_path, "w", encoding="utf-8") as f:
         f.write(card.text())

@@ -22,19 +22,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import posixpath
 from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
 from PIL import Image
 
-from mava import metrics, schema
+from mava import schema
 from mava.schema import Col
-from mava.eval import gt_path, read_alpha_png
-from mava.folder import SplitDir, as_split
-from mava.manifest import ok_rows
+from mava.folder import SplitDir
 from mava.sample import decode_sample
 from mava.views import subset_keys
+from mava.state import SplitState, inspect_split, vouched_manifest
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,14 @@ ANN_FPS = 6.0
 VIDEO_FPS = 24.0
 UPSAMPLE = ("nearest", "linear")
 ALPHA_DIR = "alpha"            # <out>/alpha/<annotated frame:05d>.png
-#: x264 quality of the exported matte videos: 6 keeps 8-bit mattes within ~6 levels of the PNGs on fine
-#: hair (10 reached 12, and more on some content) for ~17% more bytes
+#: x264 quality of the exported matte videos (with X264_TUNE): 6 keeps 8-bit mattes within ~6 levels of the
+#: PNGs on fine hair
 DEFAULT_CRF = 6
+#: x264's psychovisual optimisations (psy-rd, adaptive quantisation) move bits away from fine detail where
+#: a viewer would not notice; in a matte that detail is the data (hair, motion blur), and they put single
+#: pixels 18-22 levels off at crf 6 on some clips. ``tune=psnr`` turns them off: every clip measured within
+#: 6 levels, for ~17% more bytes.
+X264_TUNE = "psnr"
 VIDEO_NAME = "alpha.mp4"
 ALPHA_24_DIR = "alpha_24fps"   # <out>/alpha_24fps/<video frame:05d>.png
 VIDEO_24_NAME = "alpha_24fps.mp4"
@@ -82,13 +87,17 @@ class Stitched:
         return f"{self.video_id}_{schema.SOURCE_CODE[self.source]}{self.masklet_id:03d}"
 
 
-def load_windows(split_dir: str | SplitDir, video_id: str, masklet_id: int, source: str | None = None,
+def load_windows(split_dir: str | SplitDir | SplitState, video_id: str, masklet_id: int, source: str | None = None,
                  subset: str | None = None) -> tuple[str, list[Window]]:
-    """(source, windows in start order) of one masklet's ok samples; `source` None picks manual if present;
-    `subset`: only the samples of that named view (``mava filter``)."""
-    split = as_split(split_dir)
+    """(source, windows in start order) of one masklet's ok samples in the split's finished shards;
+    `source` None picks manual if present; `subset`: only the samples of that named view (``mava
+    filter``). KeyError when there are none."""
+    st = split_dir if isinstance(split_dir, SplitState) else inspect_split(split_dir, need_finished=True)
+    split = st.dir
     keep = None if subset is None else subset_keys(split, subset)
-    rows = [r for r in ok_rows(split, keep) if r[Col.VIDEO_ID] == video_id and r[Col.MASKLET_ID] == int(masklet_id)]
+    table = vouched_manifest(st).table
+    rows = [r for r in table.to_pylist() if r[Col.STATUS] == schema.STATUS_OK and r[Col.VIDEO_ID] == video_id
+            and r[Col.MASKLET_ID] == int(masklet_id) and (keep is None or r[Col.KEY] in keep)]
     sources = sorted({r[Col.SOURCE] for r in rows})
     if source is None:
         source = "manual" if "manual" in sources else (sources[0] if sources else "manual")
@@ -151,6 +160,8 @@ def seam_report(st: Stitched, gt: np.ndarray | None = None) -> dict[str, dict[st
     Pairs are consecutive annotated frames only (a gap breaks the chain); the pair ending at a
     window's first new frame is a boundary pair. `gt`: float[N,H,W] ground truth on the same frames
     (None: a static reference, so the figure is the RMS change between consecutive mattes)."""
+    from mava import metrics
+
     ref = gt if gt is not None else np.zeros_like(st.alpha)
     starts = set(st.starts)
     out = {}
@@ -167,6 +178,8 @@ def seam_report(st: Stitched, gt: np.ndarray | None = None) -> dict[str, dict[st
 
 def read_gt(gt_dir: str, st: Stitched) -> np.ndarray | None:
     """Ground truth in ``mava eval``'s layout for every stitched frame, or None if any is missing."""
+    from mava.eval import gt_path, read_alpha_png
+
     fs, root = fsspec.core.url_to_fs(gt_dir)
     root = root.rstrip("/")
     paths = [f"{root}/{gt_path(st.video_id, st.masklet_id, a)}" for a in st.ann]
@@ -229,7 +242,7 @@ def write_mp4(fs: fsspec.AbstractFileSystem, path: str, alpha: np.ndarray, fps: 
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-        stream.options = {"crf": str(int(crf))}
+        stream.options = {"crf": str(int(crf)), "tune": X264_TUNE}
         for a in u8:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="gray")):
                 out.mux(packet)
@@ -246,19 +259,70 @@ class ExportResult:
     files: list[str]
 
 
+class ExportError(ValueError):
+    """The export cannot be written where asked (one line for the user)."""
+
+
+#: what an export writes in its folder: ``--overwrite`` removes exactly these, and nothing else may be there
+OWN_DIRS = (ALPHA_DIR, ALPHA_24_DIR)
+OWN_FILES = (VIDEO_NAME, VIDEO_24_NAME, REPORT_NAME)
+
+
+def check_out(out_dir: str, overwrite: bool = False) -> tuple[fsspec.AbstractFileSystem, str, list[str]]:
+    """(filesystem, folder, paths to remove first) of an export folder; :class:`ExportError` (one line)
+    for a path that is a file or lies under one, a non-empty folder without ``overwrite``, and a folder
+    holding anything an export does not write (or a file where it writes a folder) even with it."""
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    root = root.rstrip("/") or "/"
+    if fs.isfile(root):
+        raise ExportError(f"--out {out_dir} is a file, not a folder")
+    parent = posixpath.dirname(root)
+    while parent and parent != posixpath.dirname(parent) and not fs.isdir(parent):
+        if fs.isfile(parent):
+            raise ExportError(f"--out {out_dir}: {parent} is a file, not a folder")
+        parent = posixpath.dirname(parent)
+    if not fs.isdir(root):
+        return fs, root, []
+    entries = {posixpath.basename(e["name"].rstrip("/")): e["type"] for e in fs.ls(root, detail=True)}
+    if not entries:
+        return fs, root, []
+    names = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+    if not overwrite:
+        raise ExportError(f"--out {out_dir} is not empty ({names}): export into a new or empty folder, or add "
+                          "--overwrite to replace an earlier export there")
+    foreign = sorted(n for n, kind in entries.items()
+                     if not ((n in OWN_DIRS and kind == "directory") or (n in OWN_FILES and kind != "directory")))
+    if foreign:
+        raise ExportError(f"--out {out_dir} holds {', '.join(foreign[:5])}, which an export does not write there: "
+                          "--overwrite replaces only an earlier export; choose another folder")
+    # export.json first: while the rest goes, the folder no longer claims to be an export
+    order = [n for n in OWN_FILES + OWN_DIRS if n in entries]
+    order.sort(key=lambda n: n != REPORT_NAME)
+    return fs, root, [f"{root}/{n}" for n in order]
+
+
 def export(split_dir: str | SplitDir, video_id: str, masklet_id: int, out_dir: str, source: str | None = None,
            gt_dir: str | None = None, fps: float = ANN_FPS, upsample_method: str = "nearest", crf: int = DEFAULT_CRF,
-           png: bool = True, subset: str | None = None) -> ExportResult:
-    """Stitch one masklet and write its PNG sequence, MP4 and report (``export.json``) under `out_dir`;
-    with ``fps=24`` also the 24 fps timeline (PNGs named by video frame, and an MP4)."""
+           png: bool = True, overwrite: bool = False, subset: str | None = None) -> ExportResult:
+    """Stitch one masklet and write its PNG sequence, MP4 and report (``export.json``, written last)
+    under `out_dir`; with ``fps=24`` also the 24 fps timeline (PNGs named by video frame, and an MP4).
+
+    `out_dir` must be new or empty; with ``overwrite`` it may hold an earlier export, whose files are
+    removed first (after the masklet was read, so a failed export leaves the earlier one). Raises
+    :class:`ExportError` for an output folder it may not write, KeyError for a masklet without ok
+    samples, :class:`~mava.state.NotASplit` for a split path that is not one."""
     if fps not in (ANN_FPS, VIDEO_FPS):
         raise ValueError(f"fps must be {ANN_FPS:g} (annotated frames) or {VIDEO_FPS:g} (the video timeline)")
+    fs, root, stale = check_out(out_dir, overwrite)
     source, windows = load_windows(split_dir, video_id, masklet_id, source, subset)
     st = stitch(video_id, source, masklet_id, windows)
     gt = read_gt(gt_dir, st) if gt_dir else None
-    fs, root = fsspec.core.url_to_fs(out_dir)
-    root = root.rstrip("/")
-    fs.makedirs(root, exist_ok=True)
+    for path in stale:
+        fs.rm(path, recursive=True)
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create --out {out_dir}: {type(exc).__name__}: {exc}") from exc
     files = []
     if png:
         write_png_sequence(fs, f"{root}/{ALPHA_DIR}", st.ann, st.alpha)
@@ -272,15 +336,18 @@ def export(split_dir: str | SplitDir, video_id: str, masklet_id: int, out_dir: s
         "gaps": st.gaps, "blend": "linear cross-fade over overlaps",
         "seam": seam_report(st, gt), "seam_reference": "ground truth" if gt is not None else
         "static (no GT): RMS change between consecutive mattes, x1e2",
-        "video": {"file": VIDEO_NAME, "fps": ANN_FPS, "codec": "h264 yuv420p", "crf": int(crf)},
+        "video": {"file": VIDEO_NAME, "fps": ANN_FPS, "codec": "h264 yuv420p", "crf": int(crf), "tune": X264_TUNE},
+        "files": [ALPHA_DIR] * png + [VIDEO_NAME],
     }
     if fps == VIDEO_FPS:
         vframes, up = upsample(st, upsample_method)
         if png:
             write_png_sequence(fs, f"{root}/{ALPHA_24_DIR}", vframes, up)
             files.append(f"{root}/{ALPHA_24_DIR}/")
+            report["files"].append(ALPHA_24_DIR)
         write_mp4(fs, f"{root}/{VIDEO_24_NAME}", up, VIDEO_FPS, crf)
         files.append(f"{root}/{VIDEO_24_NAME}")
+        report["files"].append(VIDEO_24_NAME)
         report["video_24fps"] = {"file": VIDEO_24_NAME, "fps": VIDEO_FPS, "video_frames": [vframes[0], vframes[-1]],
                                  "frames": len(vframes), "upsample": upsample_method}
     with fs.open(f"{root}/{REPORT_NAME}", "w") as f:

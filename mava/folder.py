@@ -79,7 +79,8 @@ def _name(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.url_of(path) if isinstance(fs, SplitDir) else path
 
 
-MANIFEST_EMPTY = schema.MANIFEST_SCHEMA.empty_table()
+# (Schema.empty_table imports pandas: +0.7 s per command)
+MANIFEST_EMPTY = pa.Table.from_batches([], schema=schema.MANIFEST_SCHEMA)
 
 
 class _NoLoop:

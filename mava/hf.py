@@ -14,24 +14,33 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mava import schema
 from mava.schema import Col
-from mava.folder import SplitDir, as_split
+from mava.folder import SplitDir
 
 DEFAULT_MAX_FRAMES = 12
 
 
-def max_frames(split_dir: str | SplitDir) -> int:
+def _table(split_or_table: str | SplitDir | pa.Table) -> pa.Table:
+    """The manifest rows to look at: a given table, or the rows a split's finished shards vouch for."""
+    if isinstance(split_or_table, pa.Table):
+        return split_or_table
+    from mava.state import inspect_split, vouched_manifest
+
+    return vouched_manifest(inspect_split(split_or_table, need_finished=True)).table
+
+
+def max_frames(split_or_table: str | SplitDir | pa.Table) -> int:
     """The longest sample of the split (frame positions the features must cover)."""
-    t = as_split(split_dir).read_manifest()
-    n = [v for v in t.column(Col.NUM_FRAMES).to_pylist() if v is not None]
+    n = [v for v in _table(split_or_table).column(Col.NUM_FRAMES).to_pylist() if v is not None]
     return max(n) if n else DEFAULT_MAX_FRAMES
 
 
-def has_frames(split_dir: str | SplitDir) -> bool:
+def has_frames(split_or_table: str | SplitDir | pa.Table) -> bool:
     """True when the split's samples carry frame JPEGs (not written with ``--frames none``)."""
-    rows = as_split(split_dir).read_manifest().select([Col.STATUS, Col.NUM_FRAMES, Col.NUM_MEMBERS]).to_pylist()
+    rows = _table(split_or_table).select([Col.STATUS, Col.NUM_FRAMES, Col.NUM_MEMBERS]).to_pylist()
     return any(r[Col.STATUS] == schema.STATUS_OK and r[Col.NUM_MEMBERS] == 1 + 2 * (r[Col.NUM_FRAMES] or 0)
                for r in rows)
 
@@ -55,31 +64,37 @@ def features(max_frames: int, frames: bool = True):
 
 
 def data_files(split_dir: str | SplitDir) -> list[str]:
-    """URLs of the split's complete shard tars (those with a done marker)."""
-    split = as_split(split_dir)
-    return [split.url_of(p) for p in split.complete_shard_files()]
+    """URLs of the tars of the split's finished shards (a readable done marker); raises
+    :class:`~mava.state.NotASplit` for a path that is not a split or has no finished shard."""
+    from mava.state import inspect_split
+
+    st = inspect_split(split_dir, need_finished=True)
+    return [st.dir.url_of(schema.shard_file(s)) for s in st.finished]
 
 
 def load(split_dir: str | SplitDir, streaming: bool = False, subset: str | None = None, **kwargs: Any):
-    """``datasets.load_dataset("webdataset", ...)`` over a split's shards with the MA-V features:
-    a ``Dataset`` (or ``IterableDataset`` when streaming), one row per sample. `subset`: only the
+    """``datasets.load_dataset("webdataset", ...)`` over a split's finished shards with the MA-V
+    features: a ``Dataset`` (or ``IterableDataset`` when streaming), one row per sample. `subset`: only the
     samples of that named view (``mava filter``; shards without any are not read). `kwargs` go to
-    ``load_dataset`` (e.g. ``cache_dir``, ``storage_options``)."""
+    ``load_dataset`` (e.g. ``cache_dir``, ``storage_options``). (``datasets`` reads the tars as they
+    are: :mod:`mava.loaders` also checks each sample against the manifest.)"""
     import datasets
 
-    split = as_split(split_dir)
-    files = data_files(split)
+    from mava.state import inspect_split, vouched_manifest
+
+    st = inspect_split(split_dir, need_finished=True)
+    table = vouched_manifest(st).table
+    shards = list(st.finished)
     keys = None
     if subset is not None:
         from mava.views import subset_keys
 
-        keys = subset_keys(split, subset)
-        shards = {r[Col.SHARD] for r in split.read_manifest().select([Col.KEY, Col.SHARD]).to_pylist()
-                  if r[Col.KEY] in keys}
-        files = [f for f in files if schema.file_shard(f) in shards]
-    if not files:
-        raise FileNotFoundError(f"no shards under {split.url}" + (f" hold samples of view {subset!r}" if subset else ""))
-    feats = features(max_frames(split), has_frames(split))
+        keys = subset_keys(st.dir, subset)
+        shards = sorted({r[Col.SHARD] for r in table.select([Col.KEY, Col.SHARD]).to_pylist() if r[Col.KEY] in keys})
+        if not shards:
+            raise FileNotFoundError(f"no finished shard of {st.dir.url} holds samples of view {subset!r}")
+    files = [st.dir.url_of(schema.shard_file(s)) for s in shards]
+    feats = features(max_frames(table), has_frames(table))
     ds = datasets.load_dataset("webdataset", data_files={"train": files}, split="train", features=feats,
                                streaming=streaming, **kwargs)
     return ds if keys is None else ds.filter(lambda key: key in keys, input_columns=[schema.HF_KEY_COLUMN])

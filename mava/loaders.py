@@ -23,16 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import webdataset as wds
-from webdataset import tariterators
 
 from mava import manifest as mf
 from mava import schema
-from mava.folder import SplitDir, as_split
+from mava.folder import SplitDir
 from mava.schema import Col
 from mava.views import subset_keys
 from mava.sample import (
-    DECODE_ERRORS, SampleError, decode_sample, read_meta,
+    DECODE_ERRORS, SampleError, SampleFormatError, check_members, decode_sample, read_meta, scan_tar,
 )
+from mava.state import inspect_split, vouched_manifest
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,12 @@ def make_clip(key: str, ext_map: dict[str, bytes], cfg: ClipConfig, epoch: int =
 ON_ERROR = ("raise", "skip")
 
 
+def _spawning() -> bool:
+    from multiprocessing.context import get_spawning_popen
+
+    return get_spawning_popen() is not None
+
+
 class SharedCount:
     """A counter shared by a dataset and its DataLoader worker processes (fork or spawn).
 
@@ -177,9 +183,7 @@ class SharedCount:
             self._v.value += n
 
     def __getstate__(self) -> dict:
-        from multiprocessing.context import get_spawning_popen
-
-        return {"v": self._v} if get_spawning_popen() is not None else {"local": self.value}
+        return {"v": self._v} if _spawning() else {"local": self.value}
 
     def __setstate__(self, state: dict) -> None:
         if "v" in state:
@@ -188,8 +192,40 @@ class SharedCount:
             self.__init__(state["local"])
 
 
+class SharedFlags:
+    """One flag per item, shared like :class:`SharedCount`: which items were already counted bad."""
+
+    def __init__(self, n: int):
+        import multiprocessing as mp
+
+        self._a = mp.Array("b", max(1, n))
+
+    def mark(self, i: int) -> bool:
+        """Set flag i; True when it was not set yet."""
+        with self._a.get_lock():
+            if self._a[i]:
+                return False
+            self._a[i] = 1
+            return True
+
+    def clear(self) -> None:
+        with self._a.get_lock():
+            self._a[:] = bytes(len(self._a))
+
+    def __getstate__(self) -> dict:
+        return {"a": self._a} if _spawning() else {"local": bytes(self._a[:])}
+
+    def __setstate__(self, state: dict) -> None:
+        if "a" in state:
+            self._a = state["a"]
+        else:
+            self.__init__(len(state["local"]))
+            self._a[:] = state["local"]
+
+
 class _BadSamples:
-    """The on_error policy of a loader: raise, or skip, count (``bad_samples``) and log."""
+    """The on_error policy of a loader: raise, or skip, count (``bad_samples``) and log. A bad sample is
+    counted once per epoch, whoever (which DataLoader worker, which item) meets it."""
 
     def __init__(self, on_error: str):
         if on_error not in ON_ERROR:
@@ -197,85 +233,123 @@ class _BadSamples:
         self.on_error = on_error
         self._bad = SharedCount()
         self._epoch_start = 0
+        self._skipped_here = 0  # this process's skips in the current pass (for its log line)
 
     @property
     def bad_samples(self) -> int:
-        """Samples skipped so far (all epochs, all DataLoader workers)."""
+        """Samples skipped so far (all epochs, all DataLoader workers), each once per epoch."""
         return self._bad.value
 
-    def _skip(self, exn: Exception, epoch: int) -> None:
-        """Count and log one bad sample, or re-raise it under on_error='raise'."""
+    def _skip(self, exn: Exception, epoch: int, count: bool = True) -> None:
+        """Count and log one bad sample, or re-raise it under on_error='raise'. ``count=False``: log
+        only (already counted, or not a sample of the dataset)."""
         if self.on_error == "raise":
             raise exn
-        self._bad.add()
+        if count:
+            self._bad.add()
+            self._skipped_here += 1
         log.warning("epoch %d: skipped bad sample: %s", epoch, exn)
 
     def _log_epoch(self, epoch: int, skipped: int, who: str) -> None:
         if skipped:
             log.warning("epoch %d: %d bad sample(s) skipped %s (on_error='skip')", epoch, skipped, who)
 
+    def _new_epoch(self) -> None:
+        """Hook: forget what was counted in the finished epoch."""
+
     def set_epoch(self, epoch: int) -> None:
         total = self.bad_samples
         if epoch != self.epoch:
             self._log_epoch(self.epoch, total - self._epoch_start, "in all workers")
+            self._new_epoch()
         self._epoch_start = total
         self.epoch = epoch
+
+
+def _vouched_rows(split_dir: str | SplitDir, keys: set[str] | None, query: str | None, subset: str | None = None):
+    """(split folder, ok rows of its finished shards that the manifest vouches for, keys of duplicate
+    rows -> their shards): :class:`~mava.state.NotASplit` for a path that is not a split or has no
+    finished shard; an unreadable finished manifest raises :class:`~mava.folder.UnreadableFile`."""
+    st = inspect_split(split_dir, need_finished=True)
+    if st.unfinished:
+        log.warning("%s: %d shard(s) without a done marker left out (unfinished): %s", st.url, len(st.unfinished),
+                    st.unfinished[:5])
+    v = vouched_manifest(st)
+    if v.unreadable:
+        raise v.unreadable[0]
+    if query is not None:
+        q = set(mf.query_keys(st.dir, query))
+        keys = q if keys is None else keys & q
+    if subset is not None:  # a named view (`mava filter`)
+        view = subset_keys(st.dir, subset)
+        keys = view if keys is None else keys & view
+    cols = (Col.KEY, Col.SHARD, Col.TAR_OFFSET, Col.TAR_SIZE, Col.NUM_FRAMES, Col.NUM_MEMBERS)
+    rows = [r for r in v.table.select([*cols, Col.STATUS]).to_pylist() if r[Col.STATUS] == schema.STATUS_OK]
+    for r in rows:
+        del r[Col.STATUS]
+    return st, rows, keys, v.duplicates
+
+
+def _vouch(key: str, members: dict[str, bytes], row: dict, shard: str, at: tuple[int, int] | None = None) -> None:
+    """SampleError unless a sample's members (and, from a scan, its byte range `at`) are what its manifest
+    row records: offset, size, member count, every member of every frame."""
+    check_members(key, members, row[Col.NUM_FRAMES] or 0, shard, row[Col.NUM_MEMBERS])
+    if at is not None and at != (row[Col.TAR_OFFSET], row[Col.TAR_SIZE]):
+        raise SampleError(key, shard, None, f"found at bytes {at[0]}+{at[1]}, its manifest row says "
+                          f"{row[Col.TAR_OFFSET]}+{row[Col.TAR_SIZE]}: the tar is not the one its manifest describes")
 
 
 # --- streaming ------------------------------------------------------------------------------------
 
 
-def fsspec_opener(data: Iterator[dict], handler=wds.reraise_exception) -> Iterator[dict]:
-    """WebDataset stage: open each ``{"url": ...}`` with fsspec (any protocol), add ``stream``."""
+def _scan(url: str, errors: list[Exception]) -> Iterator:
+    """The samples of a tar (:func:`~mava.sample.scan_tar`) until it ends or stops reading; why it
+    stopped goes to `errors` (a bad tar is the reader's to report, per sample)."""
     import fsspec
 
-    for sample in data:
-        url = sample["url"]
-        try:
-            f = fsspec.open(url, "rb").open()
-        except OSError as exn:  # noqa: PERF203 - handler decides
-            exn.args = exn.args + (url,)
-            if handler(exn):
-                continue
-            break
-        sample.update(stream=f)
-        try:
-            yield sample
-        finally:
-            f.close()
+    try:
+        with fsspec.open(url, "rb") as f:
+            yield from scan_tar(f)
+    except (OSError, EOFError, tarfile.TarError, SampleFormatError) as exn:
+        errors.append(exn)
 
 
 class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
-    """Streams clips from the shards of a split: WebDataset stages with shard shuffling (same
-    permutation on every node), ``split_by_node`` and ``split_by_worker`` over shards, an optional
-    key filter (e.g. from a manifest query), a seeded sample shuffle buffer, then decoding.
+    """Streams clips from the finished shards of a split: WebDataset stages with shard shuffling (same
+    permutation on every node), ``split_by_node`` and ``split_by_worker`` over shards, an optional key
+    filter (e.g. from a manifest query), a seeded sample shuffle buffer, then decoding.
+
+    Only what the manifest vouches for is served: each tar is scanned against its shard's manifest
+    rows, and a sample whose key, byte range, member count or members differ from its row is bad; a
+    row whose sample the tar does not hold (a swapped or truncated tar) is bad; tar entries that no row
+    of the shard describes are never served; a key is served once (a key in two finished shards, from
+    the first).
 
     Call ``set_epoch(e)`` before each epoch to change the shuffles (DataLoader workers re-pickle
     the dataset each epoch unless persistent).
 
-    ``on_error="raise"`` (default): a damaged sample raises :class:`~mava.sample.SampleError` naming its
-    key, shard and member. ``"skip"``: it is skipped, logged, and counted in ``bad_samples`` (summed
-    over workers; each worker logs its epoch's count when its shards are done). A tar that cannot be
-    read to its end counts once, and its remaining samples are lost for the epoch.
+    ``on_error="raise"`` (default): a bad sample raises :class:`~mava.sample.SampleError` naming its
+    key, shard and member. ``"skip"``: it is skipped, logged, and counted once in ``bad_samples``
+    (summed over workers; each worker logs its epoch's count when its shards are done).
+    A path that is not an MA-V split, or one without a finished shard, raises
+    :class:`~mava.state.NotASplit`.
     """
 
     def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
                  epoch: int = 0, on_error: str = "raise", subset: str | None = None):
         _BadSamples.__init__(self, on_error)
-        self.split = as_split(split_dir)
+        st, rows, keys, dups = _vouched_rows(split_dir, keys, query, subset)
+        self.split = st.dir
         self.cfg = cfg or ClipConfig()
-        if query is not None:
-            q = set(mf.query_keys(self.split, query))
-            keys = q if keys is None else keys & q
-        if subset is not None:  # a named view (`mava filter`)
-            v = subset_keys(self.split, subset)
-            keys = v if keys is None else keys & v
         self.keys = keys
-        # only complete shards (done marker written): never a tar an interrupted run left behind
-        self.urls = [self.split.url_of(p) for p in self.split.complete_shard_files()]
-        if not self.urls:
-            raise FileNotFoundError(f"no shards under {self.split.url}")
+        self._rows: dict[str, dict[str, dict]] = {}   # shard -> key -> its ok row
+        for r in rows:
+            self._rows.setdefault(r[Col.SHARD], {})[r[Col.KEY]] = r
+        self._dups = {k: set(v) for k, v in dups.items()}
+        # only finished shards (a done marker), and only those holding a wanted sample
+        self.urls = [self.split.url_of(schema.shard_file(s)) for s in st.finished
+                     if any(keys is None or k in keys for k in self._rows.get(s, ()))]
         self.shuffle_shards = shuffle_shards
         self.shuffle_buffer = shuffle_buffer
         self.epoch = epoch
@@ -287,10 +361,45 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
         for u in urls:
             yield {"url": u}
 
-    def _filter(self, data: Iterator[dict]) -> Iterator[dict]:
-        for s in data:
-            if self.keys is None or s[schema.WDS_KEY] in self.keys:
-                yield s
+    def _samples(self, data: Iterator[dict]) -> Iterator[dict]:
+        """Scan each shard's tar against its manifest rows; yield the vouched samples (WebDataset dicts)."""
+        for item in data:
+            url = item["url"]
+            shard = schema.file_shard(url)
+            rows = self._rows.get(shard, {})
+            seen: set[str] = set()
+            foreign: list[str] = []
+            errors: list[Exception] = []
+            for e in _scan(url, errors):
+                row = rows.get(e.key)
+                if row is None:
+                    if shard in self._dups.get(e.key, ()):
+                        continue  # a duplicate key: served from its first shard only
+                    foreign.append(e.key)
+                    self._skip(SampleError(e.key, url, None, "in the tar, but no ok row of the shard's manifest "
+                                           "has this key: the tar is not the one its manifest describes"),
+                               self.epoch, count=False)
+                    continue
+                if e.key in seen:
+                    continue  # never served twice
+                seen.add(e.key)
+                if self.keys is not None and e.key not in self.keys:
+                    continue
+                try:
+                    _vouch(e.key, e.members, row, url, (e.offset, e.size))
+                except SampleError as exn:
+                    self._skip(exn, self.epoch)
+                    continue
+                yield {schema.WDS_KEY: e.key, schema.WDS_URL: url, **e.members}
+            broken = (f"not reached: the tar does not read to its end ({type(errors[0]).__name__}: {errors[0]})"
+                      if errors else None)
+            for key in rows:
+                if key not in seen and (self.keys is None or key in self.keys):
+                    self._skip(SampleError(key, url, None, broken or "not in the shard's tar: the tar is not the "
+                                           "one its manifest describes"), self.epoch)
+            if foreign:
+                log.warning("%s: %d sample(s) in the tar that its manifest does not describe were not served "
+                            "(first: %s)", url, len(foreign), foreign[0])
 
     def _shuffle(self, data: Iterator[dict]) -> Iterator[dict]:
         if self.shuffle_buffer <= 1:
@@ -307,7 +416,6 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
         yield from buf
 
     def _decode(self, data: Iterator[dict]) -> Iterator[dict]:
-        skipped = 0
         for s in data:
             key = s[schema.WDS_KEY]
             ext_map = {k: v for k, v in s.items() if not k.startswith("__")}
@@ -315,33 +423,23 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
                 clip = make_clip(key, ext_map, self.cfg, self.epoch, shard=s.get(schema.WDS_URL))
             except SampleError as exn:
                 self._skip(exn, self.epoch)
-                skipped += 1
                 continue
             yield clip
         _, _, worker, workers = wds.utils.pytorch_worker_info()
-        self._log_epoch(self.epoch, skipped, f"by worker {worker} of {workers}")
-
-    def _tar_error(self, exn: Exception) -> bool:
-        """webdataset handler for a tar that does not read: name it, then raise or skip (count once)."""
-        url = next((a for a in exn.args if isinstance(a, str) and "://" in a), None)
-        err = SampleError("?", url, None, f"shard does not read to its end: {type(exn).__name__}: {exn}")
-        self._skip(err, self.epoch)
-        return True
+        self._log_epoch(self.epoch, self._skipped_here, f"by worker {worker} of {workers}")
 
     def pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(
             self._shard_list,
             wds.split_by_node,
             wds.split_by_worker,
-            fsspec_opener,
-            lambda src: tariterators.tar_file_expander(src, handler=self._tar_error),
-            tariterators.group_by_keys,
-            self._filter,
+            self._samples,
             self._shuffle,
             self._decode,
         )
 
     def __iter__(self) -> Iterator[dict]:
+        self._skipped_here = 0
         return iter(self.pipeline())
 
 
@@ -349,66 +447,77 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
 
 
 class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
-    """Map-style dataset: item i = one ok manifest row, read with one ranged read at
-    (tar_offset, tar_size) of its shard through fsspec; no scan of the tar.
+    """Map-style dataset: item i = one ok manifest row of a finished shard, read with one ranged read at
+    (tar_offset, tar_size) of its shard through fsspec; no scan of the tar. The bytes must be exactly
+    the sample the row describes (its members, all of them, and no other key's), else it is bad; a key
+    in two finished shards is one item.
 
     ``bytes_read`` counts bytes fetched by this process (per worker under a DataLoader).
 
-    ``on_error="raise"`` (default): a damaged sample raises :class:`~mava.sample.SampleError` naming its
+    ``on_error="raise"`` (default): a bad sample raises :class:`~mava.sample.SampleError` naming its
     key, shard and member. ``"skip"``: item i is replaced by the next readable item (i+1, i+2, ...,
-    wrapping), so batches keep their size; each bad one is logged and counted in ``bad_samples``
-    (summed over workers; ``set_epoch`` logs the finished epoch's count).
+    wrapping), so batches keep their size; each bad one is logged and counted once per epoch in
+    ``bad_samples`` (summed over workers; ``set_epoch`` logs the finished epoch's count). A path that is
+    not an MA-V split, or one without a finished shard, raises :class:`~mava.state.NotASplit`.
     """
 
     def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, epoch: int = 0, on_error: str = "raise", subset: str | None = None):
         _BadSamples.__init__(self, on_error)
-        self.split = as_split(split_dir)
+        st, rows, keys, _ = _vouched_rows(split_dir, keys, query, subset)
+        self.split = st.dir
         self.cfg = cfg or ClipConfig()
-        if query is not None:
-            q = set(mf.query_keys(self.split, query))
-            keys = q if keys is None else keys & q
-        if subset is not None:  # a named view (`mava filter`)
-            v = subset_keys(self.split, subset)
-            keys = v if keys is None else keys & v
-        done = self.split.done_shards()  # only complete shards
-        self.rows = [{k: r[k] for k in (Col.KEY, Col.SHARD, Col.TAR_OFFSET, Col.TAR_SIZE, Col.NUM_FRAMES)}
-                     for r in mf.ok_rows(self.split, keys) if r[Col.SHARD] in done]
+        self.rows = [r for r in rows if keys is None or r[Col.KEY] in keys]
         self.index = {r[Col.KEY]: i for i, r in enumerate(self.rows)}
         self.epoch = epoch
         self.bytes_read = 0
+        self._counted = SharedFlags(len(self.rows))   # bad items counted this epoch (all workers)
+        self._bad_here: set[int] = set()              # bad items this process met this epoch
+
+    def _new_epoch(self) -> None:
+        self._counted.clear()
+        self._bad_here = set()
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _url(self, r: dict) -> str:
+        return self.split.url_of(schema.shard_file(r[Col.SHARD]))
+
     def raw(self, i: int) -> dict[str, bytes]:
-        """Members (ext -> bytes) of item i; a byte range that does not parse is a SampleError."""
+        """Members (ext -> bytes) of item i; a byte range that does not parse, or does not hold exactly
+        the row's sample, is a SampleError."""
         r = self.rows[i]
         if r[Col.TAR_OFFSET] is None or r[Col.TAR_SIZE] is None:
-            raise SampleError(r[Col.KEY], self.split.url_of(schema.shard_file(r[Col.SHARD])), None, "manifest row has no byte range")
+            raise SampleError(r[Col.KEY], self._url(r), None, "manifest row has no byte range")
         try:
             members = self.split.row_members(r)
             self.bytes_read += r[Col.TAR_SIZE]
-            return members
         except SampleError:
             raise
         except (*DECODE_ERRORS, tarfile.TarError, EOFError) as exn:  # incl. SampleFormatError, short reads
-            raise SampleError(r[Col.KEY], self.split.url_of(schema.shard_file(r[Col.SHARD])), None,
+            raise SampleError(r[Col.KEY], self._url(r), None,
                               f"byte range {r[Col.TAR_OFFSET]}+{r[Col.TAR_SIZE]} does not read: "
                               f"{type(exn).__name__}: {exn}") from exn
+        _vouch(r[Col.KEY], members, r, self._url(r))
+        return members
 
     def _get(self, i: int) -> dict:
         r = self.rows[i]
-        return make_clip(r[Col.KEY], self.raw(i), self.cfg, self.epoch, shard=self.split.url_of(schema.shard_file(r[Col.SHARD])))
+        return make_clip(r[Col.KEY], self.raw(i), self.cfg, self.epoch, shard=self._url(r))
 
     def __getitem__(self, i: int) -> dict:
-        for k in range(len(self.rows)):
-            j = (i + k) % len(self.rows)
+        n = len(self.rows)
+        for k in range(n):
+            j = (i + k) % n
+            if j in self._bad_here:
+                continue
             try:
                 return self._get(j)
             except SampleError as exn:
-                self._skip(exn, self.epoch)
-        raise SampleError("*", self.split.url, None, f"no readable sample among {len(self.rows)}")
+                self._skip(exn, self.epoch, count=self.on_error == "skip" and self._counted.mark(j))
+                self._bad_here.add(j)  # (skip mode: not read again this epoch in this process)
+        raise SampleError("*", self.split.url, None, f"no readable sample among {n}")
 
     def by_key(self, key: str) -> dict:
         return self[self.index[key]]

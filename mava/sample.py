@@ -155,6 +155,33 @@ def has_frames(ext_map: dict[str, bytes]) -> bool:
     return schema.frame_ext(0) in ext_map
 
 
+def expected_members(num_frames: int, with_frames: bool) -> list[str]:
+    """A sample's member extensions in contract order: json, then per frame its JPEG (when frames are
+    stored) and its alpha PNG."""
+    out = [schema.META_EXT]
+    for i in range(num_frames):
+        out += [schema.frame_ext(i), schema.alpha_ext(i)] if with_frames else [schema.alpha_ext(i)]
+    return out
+
+
+def check_members(key: str, ext_map: dict[str, bytes], num_frames: int, shard: str | None = None,
+                  num_members: int | None = None) -> None:
+    """:class:`SampleError` unless `ext_map` holds exactly a sample's members: the json, an alpha PNG per
+    frame and a JPEG per frame or none (and, given the manifest's `num_members`, that many). A sample
+    missing any member is bad whatever frames a clip would take from it."""
+    with_frames = any(schema.FRAME_EXT_RE.match(e) for e in ext_map)
+    want = expected_members(int(num_frames), with_frames)
+    missing = [e for e in want if e not in ext_map]
+    if missing:
+        raise SampleError(key, shard, missing[0], f"member missing ({len(missing)} of the sample's {len(want)} "
+                                                  f"members missing: {missing[:4]}{' ...' if len(missing) > 4 else ''})")
+    extra = sorted(set(ext_map) - set(want))
+    if extra:
+        raise SampleError(key, shard, extra[0], f"unexpected member (the sample has {num_frames} frames)")
+    if num_members is not None and len(ext_map) != num_members:
+        raise SampleError(key, shard, None, f"{len(ext_map)} members, its manifest row says {num_members}")
+
+
 def _meta(data: bytes) -> dict:
     meta = json.loads(data)
     if not isinstance(meta, dict) or Col.NUM_FRAMES not in meta:
@@ -172,9 +199,11 @@ def decode_sample(key: str, ext_map: dict[str, bytes], indices: list[int] | None
                   fields: tuple[str, ...] = ("frames", "alpha", "mask"), shard: str | None = None) -> Sample:
     """Decode the requested `fields` (frames, alpha, mask) at frame positions `indices` (default: all).
 
-    A damaged or missing member raises :class:`SampleError` naming the key, `shard` and member."""
+    A damaged or missing member (any of the sample's, not only the requested ones) raises
+    :class:`SampleError` naming the key, `shard` and member."""
     meta = read_meta(ext_map, key, shard)
     n = int(meta[Col.NUM_FRAMES])
+    check_members(key, ext_map, n, shard)
     idx = list(range(n)) if indices is None else [int(i) for i in indices]
     if any(i < 0 or i >= n for i in idx):
         raise IndexError(f"{key}: frame positions {idx} outside 0..{n - 1}")

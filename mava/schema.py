@@ -156,6 +156,11 @@ MARKER_TAR_SHA256 = "tar_sha256"
 MARKER_MANIFEST_SHA256 = "manifest_sha256"
 MARKER_VIDEOS = "videos"    # the video ids the shard was written from, in plan order
 MARKER_FINGERPRINT = "fingerprint"  # the mattes' identity: matter (name, weights sha256, output options) + content options
+MARKER_PLAN = "plan"        # the shard plan the shard was written under (PLAN_JSON's object)
+PLAN_JSON = "plan.json"     # <out>/<split>/plan.json: the output's shard plan, written before its first shard
+PLAN_VIDEOS_PER_SHARD = "videos_per_shard"  # plan.json: consecutive videos of the sorted list per shard
+PLAN_ORDER = "order"        # plan.json: how the video list is ordered before grouping
+PLAN_ORDER_VIDEO_ID = "video_id"
 SUBDIRS = ("shards", "manifest", "done")  # folders of <out>/<split>/
 LEASE_JSON = "lease.json"   # the lease of the run writing this split (one writer per output)
 # lease.json fields

@@ -9,7 +9,8 @@ import numpy as np
 
 from mava import schema
 from mava.schema import Col
-from mava.folder import SplitDir, UnreadableFile, as_split, read_json_file
+from mava.folder import SplitDir
+from mava.state import SplitState, Vouched, inspect_split, tar_problems, tar_sizes, vouched_manifest
 
 BINS = np.linspace(0.0, 1.0, 11)
 
@@ -24,54 +25,46 @@ class SplitStats:
     failures: dict[str, int]
     videos: int
     frames: int
-    tar_bytes: int          # sum of shard file sizes
+    tar_bytes: int          # sum of the finished shards' tar sizes
     sample_bytes: int       # sum of manifest tar_size of ok rows
     matters: dict[str, int]
     sources: dict[str, int]
     quality: dict[str, np.ndarray] = field(default_factory=dict)  # column -> values of ok rows
-    done: int = 0                   # readable done markers
+    done: int = 0                   # finished shards (readable done markers)
     planned: int | None = None      # plan size from run.json (None: not recorded or unreadable)
-    unreadable: list[str] = field(default_factory=list)  # "path: reason" of files that could not be read
+    unreadable: list[str] = field(default_factory=list)  # "path: reason": files that cannot be read or are
+    #                                 not what their done marker vouches for, and duplicate keys
+    warnings: list[str] = field(default_factory=list)    # why the split is not a finished one (unfinished shards, no run.json)
 
 
-def _markers_and_plan(split: SplitDir) -> tuple[int, int | None, list[str]]:
-    done, bad = 0, []
-    for p in split.done_files():
-        try:
-            read_json_file(split, p)
-            done += 1
-        except UnreadableFile as exn:
-            bad.append(str(exn))
-    planned = None
-    try:
-        info = split.run_info() or {}
-        n = info.get(schema.RUN_NUM_SHARDS)
-        planned = n if isinstance(n, int) and not isinstance(n, bool) else None
-    except UnreadableFile as exn:
-        bad.append(str(exn))
-    return done, planned, bad
+def compute(split_dir: str | SplitDir | SplitState) -> SplitStats:
+    """Summarise the finished shards of a split (:mod:`mava.state`): rows of the manifests their done
+    markers vouch for, each key once. Unreadable manifests, markers and run.json, tars that are not the
+    size their marker records, and duplicate keys are listed in ``unreadable``; unfinished shards are
+    left out and named in ``warnings``. Raises :class:`~mava.state.NotASplit` for a path that is not a
+    split."""
+    st = split_dir if isinstance(split_dir, SplitState) else inspect_split(split_dir)
+    return summarise(st, vouched_manifest(st))
 
 
-def compute(split_dir: str | SplitDir) -> SplitStats:
-    """Summarise the readable part of a split; unreadable manifests, markers and run.json are listed
-    in ``unreadable`` (never raised)."""
-    split = as_split(split_dir)
-    table, bad_manifests = split.read_manifest_checked()
-    t = table.to_pydict()
-    done, planned, bad = _markers_and_plan(split)
+def summarise(st: SplitState, v: Vouched) -> SplitStats:
+    """:func:`compute` from an inspected split and its vouched rows."""
+    t = v.table.to_pydict()
     status = t[Col.STATUS]
     ok = [i for i, s in enumerate(status) if s == schema.STATUS_OK]
     failed = [i for i, s in enumerate(status) if s != schema.STATUS_OK]
-    tar_bytes = sum(int(split.size(p)) for p in split.shard_files())
+    sizes = tar_sizes(st)
+    tar_bytes = sum(sizes.get(s, 0) for s in st.finished)
     quality = {c: np.array([t[c][i] for i in ok if t[c][i] is not None], dtype=np.float64) for c in schema.QUALITY_COLUMNS}
     return SplitStats(
-        split=split.split, shards=len(set(t[Col.SHARD])), samples=len(status), ok=len(ok), failed=len(failed),
+        split=st.split, shards=len(set(t[Col.SHARD])), samples=len(status), ok=len(ok), failed=len(failed),
         failures=dict(Counter(t[Col.ERROR_TYPE][i] or "unknown" for i in failed).most_common()),
         videos=len(set(t[Col.VIDEO_ID])), frames=int(sum(t[Col.NUM_FRAMES][i] or 0 for i in ok)),
         tar_bytes=tar_bytes, sample_bytes=int(sum(t[Col.TAR_SIZE][i] or 0 for i in ok)),
         matters=dict(Counter(t[Col.MATTER][i] or "none" for i in ok).most_common()),
         sources=dict(Counter(t[Col.SOURCE][i] or "none" for i in ok).most_common()),
-        quality=quality, done=done, planned=planned, unreadable=[str(e) for e in bad_manifests] + bad)
+        quality=quality, done=len(st.finished), planned=st.planned,
+        unreadable=[str(e) for e in st.unreadable] + v.problems() + tar_problems(st, v), warnings=st.warnings())
 
 
 def _human(n: float) -> str:
@@ -96,7 +89,7 @@ def text_histogram(values: np.ndarray, width: int = 40) -> list[str]:
 def render(s: SplitStats) -> str:
     """The text report of `python -m mava stats`."""
     plan = f" of {s.planned} planned" if s.planned is not None else ""
-    out = [f"split {s.split}: {s.shards} shards with readable manifests, {s.done} done{plan}, {s.videos} videos",
+    out = [f"split {s.split}: {s.done} finished shards{plan}, {s.shards} with readable manifests, {s.videos} videos",
            f"samples: {s.samples} planned, {s.ok} ok, {s.failed} failed"]
     for k, v in s.failures.items():
         out.append(f"  failed {k}: {v}")
@@ -113,7 +106,7 @@ def render(s: SplitStats) -> str:
         else:
             out.append(f"{c}: no values")
     if s.unreadable:
-        out.append(f"UNREADABLE ({len(s.unreadable)} files, left out of the figures above; "
+        out.append(f"UNREADABLE ({len(s.unreadable)} files or problems, left out of the figures above; "
                    "`python -m mava verify` checks the split):")
         out += [f"  {u}" for u in s.unreadable]
     return "\n".join(out)

@@ -249,11 +249,38 @@ def _planned_shards(rep: VerifyReport, split: SplitDir) -> int | None:
     return n
 
 
+def _plan(rep: VerifyReport, split: SplitDir) -> dict | None:
+    """The output's shard plan (plan.json), None when absent (older outputs) or unreadable (a problem)."""
+    try:
+        plan = split.read_json(schema.PLAN_JSON)
+    except UnreadableFile as exn:
+        rep.add("plan", split.split, None, str(exn))
+        return None
+    if plan is not None and not isinstance(plan.get(schema.PLAN_VIDEOS_PER_SHARD), int):
+        rep.add("plan", split.split, None, f"{schema.PLAN_JSON} records no {schema.PLAN_VIDEOS_PER_SHARD}: {plan!r}")
+        return None
+    return plan
+
+
+def _check_marker_plan(rep: VerifyReport, shard: str, marker: dict, plan: dict) -> None:
+    """A done marker of another shard plan than plan.json's, or with more videos than it allows."""
+    theirs = marker.get(schema.MARKER_PLAN)
+    if theirs is not None and theirs != plan:
+        rep.add("plan", shard, None, f"done marker records shard plan {theirs!r}, {schema.PLAN_JSON} {plan!r}: "
+                "the output mixes shard plans")
+    videos = marker.get(schema.MARKER_VIDEOS)
+    n = plan[schema.PLAN_VIDEOS_PER_SHARD]
+    if isinstance(videos, list) and len(videos) > n:
+        rep.add("plan", shard, None, f"done marker lists {len(videos)} videos, more than the plan's {n} per shard")
+
+
 def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False) -> VerifyReport:
     """Check every shard of a split; `full` also decodes every JPEG (PNGs are always decoded).
 
-    Never raises for damaged content: unreadable manifests, markers, tars and run.json are problems,
-    and so are planned shards (run.json ``num_shards``) without a done marker."""
+    Never raises for damaged content: unreadable manifests, markers, tars, run.json and plan.json are
+    problems, and so are planned shards (run.json ``num_shards``) without a done marker and done
+    markers of another shard plan than plan.json's. Shard names come from what the output records
+    (run.json, markers), not from the folder's name."""
     split = as_split(split_dir)
     rep = VerifyReport()
     manifests = {_stem(p): p for p in split.manifest_files()}
@@ -285,6 +312,7 @@ def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False
         rep.add("orphan-shard", s, None, "shard tar without manifest or done marker")
     if not manifests and not markers:
         rep.add("empty", split.url, None, "no manifests found")
+    plan = _plan(rep, split)
     for s in tqdm(sorted(set(manifests) | set(markers)), desc="verify", disable=not progress):
         rep.shards += 1
         marker = None
@@ -293,6 +321,8 @@ def verify(split_dir: str | SplitDir, full: bool = False, progress: bool = False
                 marker = read_json_file(split, markers[s])
             except UnreadableFile as exn:
                 rep.add("marker", s, None, str(exn))
+        if marker is not None and plan is not None:
+            _check_marker_plan(rep, s, marker, plan)
         verify_shard(rep, split, s, manifests.get(s), marker, full)
     all_keys: dict[str, str] = {}
     table, _ = split.read_manifest_checked()  # unreadable ones were reported per shard above

@@ -70,6 +70,9 @@ class JobConfig:
     redo_mismatched: bool = option(False, "redo finished shards written with another fingerprint (matter, weights "
                                           "or an output-changing option) or with unreadable done markers; without "
                                           "it such a rerun refuses (exit 2) instead of mixing", group="shards")
+    replan: bool = option(False, "rewrite an output written with another shard plan (--videos-per-shard): every "
+                                 "shard of the old plan is removed and the whole split is written with this one "
+                                 "(not with --shards)", group="shards")
     verify_skipped: bool = option(False, "before skipping a finished shard, also check its tar's sha256 against "
                                          "the done marker (always checked: the tar's size and the manifest's "
                                          "sha256)", group="shards")
@@ -211,10 +214,11 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
     removed = planning.clean_partials(out)
     if removed:
         log.info("removed %d partial files of an interrupted run", removed)
-    stale = planning.stale_shards(out, cfg.split, len(plans)) if cfg.limit_videos is None else []
-    if stale:
-        raise JobError(f"{cfg.out_split} holds shards past this plan's {len(plans)} ({stale[0]}, ...): it was "
-                       f"written with another shard plan (--videos-per-shard?); use a new --out")
+    try:
+        planning.settle_plan(out, cfg.split, plans, cfg.videos_per_shard, replan=cfg.replan, shards=cfg.shards,
+                             limited=cfg.limit_videos is not None)
+    except planning.PlanConflict as exc:
+        raise JobError(str(exc)) from exc
     try:
         init_ray(cfg.resources)
     except ClusterError as exc:
@@ -236,7 +240,8 @@ def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPla
     try:
         sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
                                      retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
-                                     verify_tar=cfg.verify_skipped)
+                                     verify_tar=cfg.verify_skipped, plan=planning.plan_record(cfg.videos_per_shard),
+                                     limited=cfg.limit_videos is not None)
     except ValueError as exc:  # --shards outside the plan
         raise JobError(str(exc)) from None
     if sel.mismatched:
@@ -252,7 +257,8 @@ def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPla
              len(sel.run), len(sel.skip))
     result = JobResult(shards_skipped=[p.index for p in sel.skip], fingerprint=fingerprint)
     if sel.run:
-        marker = {schema.MARKER_FINGERPRINT: fingerprint}
+        marker = {schema.MARKER_FINGERPRINT: fingerprint,
+                  schema.MARKER_PLAN: planning.plan_record(cfg.videos_per_shard)}
         tasks = [ShardTask(p.index, p.videos, {schema.MARKER_VIDEOS: [v.video_id for v in p.videos]} | marker)
                  for p in sel.run]
         run = ex.run(tasks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -10,6 +11,7 @@ from typing import Sequence
 from mava import schema
 from mava.folder import SplitDir, UnreadableFile, as_split
 from mava.lifecycle import read_parquet
+from mava.state import read_json_objects
 from mava.schema import Col
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,154 @@ def parse_shard_spec(spec: str) -> set[int]:
             raise ValueError(f"bad shard range {part!r}")
         out.update(range(a, b + 1))
     return out
+
+
+class PlanConflict(ValueError):
+    """The output holds another shard plan than this run's (one line for the user; exit 2)."""
+
+
+#: the job config field (run.json ``config``) that fixes the plan, read from outputs without plan.json
+CONFIG_VIDEOS_PER_SHARD = "videos_per_shard"
+
+
+def plan_record(videos_per_shard: int) -> dict:
+    """The shard plan as an output records it (plan.json and every done marker): the sorted video list
+    cut into consecutive groups of ``videos_per_shard``. The video list itself is input, not plan."""
+    return {schema.PLAN_ORDER: schema.PLAN_ORDER_VIDEO_ID, schema.PLAN_VIDEOS_PER_SHARD: int(videos_per_shard)}
+
+
+def describe_plan(plan: dict) -> str:
+    """``--videos-per-shard 2`` (and the order, should it ever be another)."""
+    text = f"--videos-per-shard {plan.get(schema.PLAN_VIDEOS_PER_SHARD)}"
+    if plan.get(schema.PLAN_ORDER) != schema.PLAN_ORDER_VIDEO_ID:
+        text += f", order {plan.get(schema.PLAN_ORDER)!r}"
+    return text
+
+
+def _is_plan(doc: object) -> bool:
+    n = doc.get(schema.PLAN_VIDEOS_PER_SHARD) if isinstance(doc, dict) else None
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and schema.PLAN_ORDER in doc
+
+
+def read_markers(out: str | SplitDir, split: str) -> dict[int, dict | UnreadableFile]:
+    """Every done marker of ``split`` in the output by shard index: its object, or why it cannot be read."""
+    d = as_split(out)
+    paths = {i: p for p in d.done_files()
+             if (i := schema.shard_index(schema.file_shard(p), split)) is not None}
+    docs = read_json_objects(d, list(paths.values()))  # fetched together (concurrently on object stores)
+    return {i: docs[p] for i, p in sorted(paths.items())}
+
+
+def recorded_plan(out: str | SplitDir, markers: dict[int, dict | UnreadableFile]) -> tuple[dict | None, str]:
+    """(the shard plan the output records, where it is recorded): plan.json; for an output without one
+    (written before plans were recorded, or plan.json deleted) run.json's config, else the done
+    markers' plan; (None, "") when nothing records one. An unreadable plan.json is a PlanConflict."""
+    d = as_split(out)
+    try:
+        rec = d.read_json(schema.PLAN_JSON)
+    except UnreadableFile as exc:
+        raise PlanConflict(f"{exc}: the output's shard plan cannot be read; rerun with --replan to rewrite the "
+                           "output with this run's plan, or use a new --out") from exc
+    if rec is not None:
+        if not _is_plan(rec):
+            raise PlanConflict(f"{d.url_of(schema.PLAN_JSON)} is not a shard plan ({rec!r}); rerun with --replan to "
+                               "rewrite the output with this run's plan, or use a new --out")
+        return rec, schema.PLAN_JSON
+    try:
+        conf = (d.run_info() or {}).get(schema.RUN_CONFIG)
+    except UnreadableFile:
+        conf = None
+    n = conf.get(CONFIG_VIDEOS_PER_SHARD) if isinstance(conf, dict) else None
+    if _is_plan({schema.PLAN_ORDER: schema.PLAN_ORDER_VIDEO_ID, schema.PLAN_VIDEOS_PER_SHARD: n}):
+        return plan_record(n), f"{schema.RUN_JSON}'s config"
+    recs = {json.dumps(m[schema.MARKER_PLAN], sort_keys=True): m[schema.MARKER_PLAN] for m in markers.values()
+            if isinstance(m, dict) and _is_plan(m.get(schema.MARKER_PLAN))}
+    if len(recs) > 1:
+        raise PlanConflict(f"the done markers of {d.url} record different shard plans "
+                           f"({', '.join(describe_plan(r) for r in recs.values())}): rerun with --replan to rewrite "
+                           "the output with this run's plan, or use a new --out")
+    if recs:
+        return next(iter(recs.values())), "its done markers"
+    return None, ""
+
+
+def remove_shards(out: str | SplitDir) -> int:
+    """Remove every shard of the output: done markers first (so no shard looks finished while the rest
+    goes), then manifests, then tars. Only under the lease. Returns how many files went."""
+    d = as_split(out)
+    paths = [*d.done_files(), *d.manifest_files(), *d.shard_files()]
+    for p in paths:
+        d.rm(p)
+    return len(paths)
+
+
+def settle_plan(out: str | SplitDir, split: str, plans: list[ShardPlan], videos_per_shard: int, *,
+                replan: bool = False, shards: set[int] | None = None, limited: bool = False) -> dict:
+    """Make sure the output holds one shard plan, this run's, before any shard is written (under the lease).
+
+    Returns this run's plan record (it joins every done marker) after recording it in plan.json.
+    Raises :class:`PlanConflict`, naming the old and the new plan, when the output records another plan
+    (:func:`recorded_plan`), whatever else the run asks for, or done markers of another plan past the
+    end of this one (inside it, :func:`check_shard` refuses them shard by shard).
+    ``replan`` rewrites instead: every shard of the output is removed (markers first) and the new plan
+    recorded, so the output is never half one plan and half the other; with ``shards`` it is refused
+    for the same reason. Finished shards past the end of the plan (the split lost videos) are refused
+    unless ``limited`` (``--limit-videos``: the rest of the split is not this run's); unfinished shard
+    files there (no done marker, left by an interrupted run) are removed.
+    """
+    d = as_split(out)
+    new = plan_record(videos_per_shard)
+    if replan and shards is not None:
+        raise PlanConflict("--replan rewrites the whole output, so it cannot be combined with --shards (a partial "
+                           "re-plan would leave shards of two plans)")
+    markers = read_markers(d, split)
+    unreadable = None
+    try:
+        old, source = recorded_plan(d, markers)
+    except PlanConflict as exc:
+        if not replan:
+            raise
+        old, source, unreadable = None, "", exc
+    foreign = {i: m[schema.MARKER_PLAN] for i, m in markers.items()
+               if isinstance(m, dict) and isinstance(m.get(schema.MARKER_PLAN), dict) and m[schema.MARKER_PLAN] != new}
+    past = sorted(i for i in markers if i >= len(plans))
+    if replan and (unreadable is not None or old != new or foreign or (past and not limited)):
+        n = remove_shards(d)  # an unknown old plan (nothing records one) is rewritten too
+        if n:
+            log.warning("--replan: removed the %d shard files of %s (%s); writing every shard with %s", n, d.url,
+                        f"shard plan {describe_plan(old)}" if old else (unreadable or "no recorded shard plan"),
+                        describe_plan(new))
+        markers = {}
+    elif old is not None and old != new:
+        raise PlanConflict(f"{d.url} was written with another shard plan ({describe_plan(old)}, recorded in "
+                           f"{source}) than this run's ({describe_plan(new)}): rerun with {describe_plan(old)}, or "
+                           "add --replan to rewrite the whole output with the new plan (its shards are removed), or "
+                           "use a new --out")
+    elif any(i >= len(plans) for i in foreign):  # inside the plan, check_shard refuses them one by one
+        beyond = sorted(i for i in foreign if i >= len(plans))
+        raise PlanConflict(f"{d.url} holds done markers of another shard plan ({describe_plan(foreign[beyond[0]])}, "
+                           f"shard{'s' if len(beyond) > 1 else ''} {format_indices(beyond)}) past the end of this "
+                           f"run's ({describe_plan(new)}): rerun with --replan to rewrite the whole output with one "
+                           "plan, or use a new --out")
+    elif replan:
+        log.info("--replan: %s already has the plan %s", d.url, describe_plan(new))
+    past = sorted(i for i in markers if i >= len(plans))
+    if past and not limited:
+        raise PlanConflict(f"{d.url} holds finished shards past this plan's {len(plans)} (shards "
+                           f"{format_indices(past)}): the split has fewer videos than when they were written; rerun "
+                           "with --replan to rewrite the output for the split as it is now, or --limit-videos to "
+                           "leave them")
+    if not limited:
+        leftovers = [p for p in [*d.manifest_files(), *d.shard_files()]
+                     if (i := schema.shard_index(schema.file_shard(p), split)) is not None and i >= len(plans)
+                     and i not in markers]
+        for p in leftovers:
+            log.info("removing %s: an unfinished shard past the end of the plan", d.url_of(p))
+            d.rm(p)
+    if old != new or source != schema.PLAN_JSON:
+        d.make_layout()
+        d.write_atomic(schema.PLAN_JSON, json.dumps(new, indent=1, sort_keys=True).encode())
+    return new
 
 
 class MarkerUnreadable(ValueError):
@@ -97,7 +247,7 @@ def format_indices(indices: Sequence[int]) -> str:
 class ShardCheck:
     """What a rerun finds of one planned shard."""
 
-    state: str        # missing | done | other-videos | mismatch | damaged | unreadable
+    state: str        # missing | done | grown | other-videos | mismatch | damaged | unreadable
     detail: str = ""
     marker: dict | None = None
 
@@ -110,12 +260,21 @@ def _sha256(d: SplitDir, rel: str) -> str:
     return h.hexdigest()
 
 
+def _ids(videos: list) -> str:
+    return str(videos) if len(videos) <= 4 else f"[{', '.join(map(repr, videos[:3]))}, ... {len(videos)} videos]"
+
+
 def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: dict | None,
-                verify_tar: bool = False) -> ShardCheck:
+                verify_tar: bool = False, plan_rec: dict | None = None, limited: bool = False) -> ShardCheck:
     """Whether a planned shard is provably the shard this run would write.
 
-    ``done`` needs a readable marker for the same videos and fingerprint, and its tar and manifest as
+    ``done`` needs a readable marker of this shard plan (``plan_rec``, when the marker records one) for
+    exactly the videos this plan puts in the shard, the same fingerprint, and its tar and manifest as
     the marker describes them (tar size, manifest sha256; with ``verify_tar`` also the tar's sha256).
+    A marker for the first videos of the shard only is ``grown`` (the split grew, or a larger
+    ``--limit-videos``); one for other videos is ``other-videos`` (the video list changed inside the
+    plan, or a foreign marker), except that under ``limited`` a finished shard holding the planned
+    videos and more is kept (a ``--limit-videos`` run does not cut finished shards short).
     """
     d = as_split(out)
     try:
@@ -124,9 +283,23 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
         return ShardCheck("unreadable", str(exc))
     if marker is None:
         return ShardCheck("missing")
+    theirs = marker.get(schema.MARKER_PLAN)
+    if plan_rec is not None and theirs is not None and theirs != plan_rec:
+        other = describe_plan(theirs) if isinstance(theirs, dict) else repr(theirs)
+        return ShardCheck("mismatch", f"written with another shard plan ({other})", marker)
     videos = [v.video_id for v in plan.videos]
-    if marker.get(schema.MARKER_VIDEOS) != videos:
-        return ShardCheck("other-videos", f"written for videos {marker.get(schema.MARKER_VIDEOS)}", marker)
+    got = marker.get(schema.MARKER_VIDEOS)
+    if not (isinstance(got, list) and got and all(isinstance(v, str) for v in got)):
+        return ShardCheck("unreadable", f"done marker {d.url_of(schema.shard_done(split, plan.index))} records no "
+                                        f"videos (it is not a done marker of this job): delete it to redo shard "
+                                        f"{plan.index}, or rerun with --redo-mismatched", marker)
+    if got != videos:
+        if got == videos[:len(got)]:
+            return ShardCheck("grown", f"written for the first {len(got)} of its {len(videos)} videos", marker)
+        if not (limited and videos == got[:len(videos)]):
+            return ShardCheck("other-videos", f"written for videos {_ids(got)}, but this plan puts {_ids(videos)} "
+                                              "there (the split's video list changed, or the marker comes from "
+                                              "another output)", marker)
     if fingerprint is not None and marker.get(schema.MARKER_FINGERPRINT) != fingerprint:
         diff = fingerprint_diff(marker.get(schema.MARKER_FINGERPRINT), fingerprint)
         return ShardCheck("mismatch", "; ".join(diff), marker)
@@ -148,17 +321,6 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
     return ShardCheck("done", "", marker)
 
 
-def stale_shards(out: str | SplitDir, split: str, num_shards: int) -> list[str]:
-    """Done markers of shards past the end of the plan (left by a run with another shard plan)."""
-    stale = []
-    for path in as_split(out).done_files():
-        name = schema.file_shard(path)
-        index = schema.shard_index(name, split)
-        if index is not None and index >= num_shards:
-            stale.append(name)
-    return sorted(stale)
-
-
 def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
     """Error types of the failed rows in a shard's manifest ([] when it has none or no manifest)."""
     d = as_split(out)
@@ -173,7 +335,8 @@ def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
 @dataclass
 class Selection:
     """Which shards this run writes and which it keeps; ``mismatched`` finished shards were written
-    with another fingerprint (or have unreadable markers) and are neither, unless redone."""
+    with another fingerprint or plan, for other videos, or have unreadable markers, and are neither,
+    unless redone."""
 
     run: list[ShardPlan]
     skip: list[ShardPlan]
@@ -182,13 +345,14 @@ class Selection:
 
 def select_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, *, fingerprint: dict | None = None,
                   shards: set[int] | None = None, retry_failed: bool = False, redo_mismatched: bool = False,
-                  verify_tar: bool = False) -> Selection:
+                  verify_tar: bool = False, plan: dict | None = None, limited: bool = False) -> Selection:
     """Decide every planned shard: a shard is kept only when :func:`check_shard` proves it done.
 
-    Missing, damaged or other-videos shards are (re)done; ``retry_failed`` also redoes done shards
-    with failed rows; ``shards`` limits the run to those shards and, without ``retry_failed``, redoes
-    them. A shard of another fingerprint is redone only with ``redo_mismatched`` (else it is listed in
-    ``mismatched`` and the caller refuses to mix).
+    Missing, damaged or grown shards are (re)done; ``retry_failed`` also redoes done shards with failed
+    rows; ``shards`` limits the run to those shards and, without ``retry_failed``, redoes them. A
+    finished shard of another fingerprint, another plan or other videos, or with an unreadable marker,
+    is redone only with ``redo_mismatched`` (else it is listed in ``mismatched`` and the caller refuses
+    to mix). ``plan`` (this run's plan record) and ``limited`` go to :func:`check_shard`.
     """
     if shards is not None:
         unknown = sorted(shards - {p.index for p in plans})
@@ -196,8 +360,8 @@ def select_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, *, fi
             raise ValueError(f"--shards names shards outside the plan (0-{len(plans) - 1}): {unknown}")
     sel = Selection([], [], {})
     for p in plans:
-        check = check_shard(out, split, p, fingerprint, verify_tar)
-        if check.state in ("mismatch", "unreadable"):
+        check = check_shard(out, split, p, fingerprint, verify_tar, plan, limited)
+        if check.state in ("mismatch", "unreadable", "other-videos"):
             if redo_mismatched:
                 log.warning("shard %d: %s: redoing it (--redo-mismatched)", p.index, check.detail)
                 sel.run.append(p)

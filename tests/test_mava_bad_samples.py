@@ -147,8 +147,10 @@ def test_verify_and_stats_report_unreadable_manifest_and_marker(job_output, tmp_
     rc, out, err = _run(capsys, "stats", d)
     assert rc == 1 and "UNREADABLE (2 files" in out
     assert schema.shard_manifest(d.name, 0) in out and schema.shard_done(d.name, 1) in out
-    # the rest is summarised: every row of the readable manifests
-    rest = [r for i in (1, 2, 3) for r in read_parquet_file(
+    # the rest is summarised: every row of the finished shards with readable manifests (shard 1, its
+    # marker unreadable, is not finished: named on the terminal, left out)
+    assert f"{_shard(d, 1)}" in err and "not finished" in err
+    rest = [r for i in (2, 3) for r in read_parquet_file(
         as_split(str(d)), schema.shard_manifest(d.name, i)).to_pylist()]
     ok = sum(r["status"] == "ok" for r in rest)
     assert f"samples: {len(rest)} planned, {ok} ok, {len(rest) - ok} failed" in out
@@ -168,7 +170,9 @@ def test_verify_reports_unreadable_tar(job_output, tmp_path, capsys, damage):
     assert f"[tar] {_shard(d, 0)}: " in out and "does not read to the end" in out
     assert f"[marker] {_shard(d, 0)}: done marker tar_sha256=" in out
     assert "[missing-sample]" in out
-    assert _run(capsys, "stats", d)[0] == 0  # stats reads manifests, not tars
+    # stats reads manifests, not tars, but a tar that is not the size its done marker records is named
+    rc, out, _ = _run(capsys, "stats", d)
+    assert rc == 1 and f"{schema.shard_tar(d.name, 0)}: " in out and "not the tar the marker vouches for" in out
 
 
 def test_verify_reports_missing_planned_shards(job_output, tmp_path, capsys):
