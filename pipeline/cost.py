@@ -59,7 +59,7 @@ class Counts:
         for f in plan.failures:
             self.masklets[f.source] += 1
             self.masklet_errors[f.error_type] += 1
-            if isinstance(f.error, EmptyMasklet):
+            if f.error_type == EmptyMasklet.__name__:
                 self.empty_masklets += 1
             else:
                 self.failed_masklets += 1

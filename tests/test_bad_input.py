@@ -17,7 +17,7 @@ from pipeline.errors import (
     AnnotationMalformed, AnnotationMissing, AnnotationOutOfRange, EmptyMasklet, RleSizeMismatch,
     UnsafeId, VideoCorrupt, VideoMissing,
 )
-from pipeline.protocol import Failure
+from pipeline.protocol import Failure, Stage
 from pipeline.reader import ReaderConfig, list_videos, plan_video, read_segments
 
 BAD = "sav_000002"
@@ -149,8 +149,9 @@ def test_rle_size_mismatch_one_masklet(split, cfg):
     p = _edit_json(split, BAD, bad_one)
     plan = plan_video(_ref(split), cfg)
     assert [f.key for f in plan.failures] == [schema.sample_key(BAD, "manual", 1, 0)]
-    err = plan.failures[0].error
-    assert isinstance(err, RleSizeMismatch) and err.path == str(p) and "masklet 1 annotated frame 3" in err.problem
+    f = plan.failures[0]
+    assert f.error_type == RleSizeMismatch.__name__ and f.stage is Stage.PLAN
+    assert f.message.startswith(str(p)) and "masklet 1 annotated frame 3" in f.message
     assert {s.masklet_id for s in plan.segments} == {0, 2}
     assert all(not isinstance(i, Failure) for i in read_segments(plan, cfg))
     _others_read_fine(split, cfg)
@@ -174,8 +175,8 @@ def test_empty_masklet(split, cfg):
     p = _edit_json(split, BAD, empty)
     plan = plan_video(_ref(split), cfg)
     assert [f.key for f in plan.failures] == [f"{BAD}_m002_0000"]
-    err = plan.failures[0].error
-    assert isinstance(err, EmptyMasklet) and err.path == str(p) and "masklet 2 is empty" in err.problem
+    f = plan.failures[0]
+    assert f.error_type == EmptyMasklet.__name__ and f.message.startswith(str(p)) and "masklet 2 is empty" in f.message
     assert {s.masklet_id for s in plan.segments} == {0, 1}
     _others_read_fine(split, cfg)
 
