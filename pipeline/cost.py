@@ -57,7 +57,7 @@ class Counts:
         for src, _ in spans:
             self.masklets[src] += 1
         for f in plan.failures:
-            self.masklets[f.source] += 1
+            self.masklets[f.ids()["source"]] += 1
             self.masklet_errors[f.error_type] += 1
             if f.error_type == EmptyMasklet.__name__:
                 self.empty_masklets += 1

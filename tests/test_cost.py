@@ -128,7 +128,7 @@ def _expected(split, cfg) -> dict:
         for src, _ in masklets:
             exp["masklets"][src] += 1
         for f in plan.failures:
-            exp["masklets"][f.source] += 1
+            exp["masklets"][f.ids()["source"]] += 1
             exp["masklet_errors"][f.error_type] += 1
             exp["empty_masklets" if f.error_type == EmptyMasklet.__name__ else "failed_masklets"] += 1
     return exp

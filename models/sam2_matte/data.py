@@ -37,7 +37,9 @@ from training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaDat
 from mava import manifest as mf
 from mava.loaders import SharedCount, choose_indices
 from mava.sample import DECODE_ERRORS, SampleError, decode_sample, has_frames
+from mava import schema
 from mava.schema import Col
+from mava.state import inspect_split, vouched_manifest
 from models.sam2_matte.model import IMG_MEAN, PROMPT_THRESHOLD, normalize
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,15 @@ class MavaVideos:
 
     def __init__(self, url: str, query: str | None = None):
         self.url = url
-        self.split = mf.as_split(url)
+        state = inspect_split(url, need_finished=True)
+        self.split = state.dir
+        vouched = vouched_manifest(state)   # only rows that finished shards' done markers vouch for
+        if vouched.unreadable:
+            raise vouched.unreadable[0]
         keys = set(mf.query_keys(self.split, query)) if query else None
-        done = self.split.done_shards()
         groups: dict[str, list[dict]] = defaultdict(list)
-        for r in mf.ok_rows(self.split, keys):
-            if r[Col.SHARD] in done:
+        for r in vouched.table.to_pylist():
+            if r[Col.STATUS] == schema.STATUS_OK and (keys is None or r[Col.KEY] in keys):
                 groups[r[Col.VIDEO_ID]].append(r)
         if not groups:
             raise ValueError(f"{url}: no ok samples in complete shards" + (f" matching {query!r}" if query else ""))
@@ -116,7 +121,7 @@ class MavaVideos:
         return len(self.video_ids)
 
     def _decode(self, row: dict, idx: list[int], fields: tuple[str, ...]):
-        shard = self.split.shard_url(row[Col.SHARD])
+        shard = self.split.url_of(schema.shard_file(row[Col.SHARD]))
         try:
             members = self.split.row_members(row)
         except (*DECODE_ERRORS, EOFError) as exn:
