@@ -539,9 +539,10 @@ class _Loop:
             self._actor_lost(actor, exc)
             self._resend(work, f"matter actor {actor.index}: {_reason(exc)}")
             return
-        except ray.exceptions.RayError as exc:            # the chunk's data was lost or its reader died
-            if isinstance(exc, ray.exceptions.WorkerCrashedError):
-                self.crashes[work.video_id] += 1
+        except ray.exceptions.RayError as exc:            # the chunk's data was lost, its reader or encoder died
+            if isinstance(exc, ray.exceptions.WorkerCrashedError) and isinstance(
+                    _fetch_error(work.ref), ray.exceptions.WorkerCrashedError):
+                self.crashes[work.video_id] += 1          # the reader's crash (an encoder's is no bad input)
             if not work.shard.dead:
                 self._restart(work.shard, f"a chunk of {work.video_id} was lost: {_reason(exc)}")
             return

@@ -1,0 +1,401 @@
+"""The scheduling loop of ``pipeline.executor`` (``Executor`` and its ``_Loop``) with plain-function steps.
+
+The real job's steps (SA-V reader, matter models, JPEG/PNG encoder, tar writer) are slow and need videos
+and weights; the loop itself only moves object references between whatever ``pipeline.protocol.Steps``
+it is given. Here the steps are tiny module-level Python objects (a "video" is a few integers, the
+"matter" doubles them, the "writer" keeps them and returns them from ``commit``), run in one real local
+Ray session, so each test pins down one behaviour of the loop, fast and exactly:
+
+- every shard is written with exactly its items, once (dispatch, encode + hand-off, commit);
+- a matter actor that crashes and is restarted by Ray gets its chunks again (the output is unchanged);
+- the last matter actor dying for good ends the run at once, every shard failed, no hang;
+- the stall watchdog ends a run whose reader never answers, its shard failed, saying what it waits for;
+- a reader that raises mid-stream loses its shard's data: the shard is redone, then reported failed;
+- a reader process that dies on a video every time turns that video's keys into failed rows (``Steps.lost``);
+- a per-item matter failure is a failed row in the writer, not a lost shard;
+- a shard writer lost mid-run is replaced and its shards are redone, with the same output.
+
+Ray pickles the steps; this module is not importable by name in Ray's workers (pytest imports it from
+``tests/`` as ``test_executor``), so it is registered with cloudpickle to be sent by value.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import ray
+
+from pipeline.executor import ExecResult, Executor, ResourceConfig, ShardTask
+from pipeline.protocol import Chunk, Failure, Stage, Steps, VideoHeader
+
+log = logging.getLogger(__name__)
+
+CLUSTER_CPUS = 4
+
+
+# --- the steps (module level: Ray pickles them) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Video:
+    """What a ShardTask lists: a "video" of ``n`` items with values ``base + j``."""
+
+    video_id: str
+    base: int
+    n: int = 3
+
+
+@dataclass
+class Item:
+    key: str
+    value: int
+
+
+@dataclass
+class ReadCfg:
+    chunk: int = 2
+    raise_at: dict = field(default_factory=dict)     # video_id -> chunk index at which the reader raises
+    hang: tuple = ()                                 # video ids whose reader never yields its header
+    crash_at: dict = field(default_factory=dict)     # video_id -> chunk index at which the reader process exits
+    trace: str = ""                                  # a file that gets a line (the video id) per reader start
+
+
+def read(video: Video, cfg: ReadCfg, start_chunk: int = 0):
+    """A VideoHeader with the video's keys, then its items in chunks of ``cfg.chunk``."""
+    if cfg.trace:
+        with open(cfg.trace, "a") as f:
+            f.write(video.video_id + "\n")
+    if video.video_id in cfg.hang:
+        time.sleep(120)
+    items = [Item(f"{video.video_id}_{j:02d}", video.base + j) for j in range(video.n)]
+    yield VideoHeader(video.video_id, [i.key for i in items], [], cfg.chunk)
+    for c, lo in enumerate(range(0, len(items), cfg.chunk)):
+        if c < start_chunk:
+            continue
+        if cfg.crash_at.get(video.video_id) == c:
+            os._exit(1)
+        if cfg.raise_at.get(video.video_id) == c:
+            raise RuntimeError(f"reader bug in {video.video_id}")
+        yield Chunk(video.video_id, items[lo:lo + cfg.chunk])
+
+
+class Doubler:
+    """A matter actor: doubles each item. ``mode``: "ok"; "die_once" (the process exits on its first
+    chunk while ``marker`` does not exist, creating it); "die" (exits on every chunk); "fail" (the items
+    named in ``fail_keys`` get a Failure, as ``MatterActor`` reports a matter error about a sample)."""
+
+    def __init__(self, mode: str = "ok", marker: str = "", fail_keys: tuple = ()):
+        self.mode, self.marker, self.fail_keys = mode, marker, fail_keys
+        self.calls = 0
+
+    def fingerprint(self) -> dict:
+        return {"matter": "doubler", "mode": self.mode}
+
+    def ping(self) -> bool:
+        return True
+
+    def info(self) -> dict:
+        return {"pid": os.getpid()}
+
+    def stats(self) -> dict:
+        return {"calls": self.calls, "busy_s": 0.0, "idle_s": 0.0}
+
+    def refine(self, chunk: Chunk) -> list:
+        if self.mode == "die" or (self.mode == "die_once" and not os.path.exists(self.marker)):
+            if self.mode == "die_once":
+                with open(self.marker, "w") as f:
+                    f.write(str(os.getpid()))
+            os._exit(1)
+        self.calls += 1
+        return [Failure(i.key, chunk.video_id, "MatterError", "matter doubler: bad item", Stage.MATTER,
+                        matter="doubler") if i.key in self.fail_keys else 2 * i.value for i in chunk.items]
+
+
+def encode(chunk: Chunk, results: list, tag: str) -> list:
+    """(key, value) per ok item, the Failure as is. ``tag`` "crash:<video_id>": the encode process of
+    that video's chunks exits."""
+    if tag == f"crash:{chunk.video_id}":
+        os._exit(1)
+    if len(results) != len(chunk.items):
+        raise ValueError(f"{len(results)} results for {len(chunk.items)} items")
+    return [r if isinstance(r, Failure) else Item(i.key, r) for i, r in zip(chunk.items, results)]
+
+
+class Incomplete(RuntimeError):
+    """Like ``pipeline.writer.ShardIncomplete``: ``system`` asks the executor to redo the shard."""
+
+    def __init__(self, message: str, system: bool = False):
+        super().__init__(message)
+        self.system = system
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.system))
+
+
+@dataclass
+class Committed:
+    """What ``Recorder.commit`` returns (the executor needs ``marker`` and ``failed``)."""
+
+    index: int
+    marker: dict
+    items: dict          # key -> value of every ok item
+    failed: dict         # key -> error type of every failed item
+    messages: dict       # key -> message of every failed item
+
+
+class Recorder:
+    """A shard writer that keeps what it is given (``pipeline.protocol.ShardWriterStep``).
+
+    ``crash_on``: the writer process exits when it is given this key while ``marker`` does not exist."""
+
+    def __init__(self, crash_on: str, marker: str, index: int, marker_fields: dict):
+        self.crash_on, self.crash_marker = crash_on, marker
+        self.index, self.marker = index, marker_fields
+        self.items: dict = {}
+        self.failures: dict = {}
+        self.system: list = []
+
+    def add(self, item) -> None:
+        if item.key in self.items or item.key in self.failures:
+            raise ValueError(f"duplicate key {item.key}")
+        if item.key == self.crash_on and not os.path.exists(self.crash_marker):
+            with open(self.crash_marker, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
+        if isinstance(item, Failure):
+            self.failures[item.key] = item
+        else:
+            self.items[item.key] = item.value
+
+    @property
+    def count(self) -> int:
+        return len(self.items) + len(self.failures)
+
+    def add_system_failure(self, key: str, reason: str) -> None:
+        self.system.append(f"{key}: {reason}")
+
+    def commit(self) -> Committed:
+        if self.system:
+            raise Incomplete(f"shard {self.index}: {self.system[0]}", system=True)
+        return Committed(self.index, self.marker, dict(self.items),
+                         {k: f.error_type for k, f in self.failures.items()},
+                         {k: f.message for k, f in self.failures.items()})
+
+    def close(self) -> None:
+        pass
+
+
+def lost(video_id: str, keys, reason: str) -> list:
+    keys = [f"{video_id}_video"] if keys is None else keys
+    return [Failure(k, video_id, "ReaderCrashed", reason, Stage.READ) for k in keys]
+
+
+# --- harness --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray session for the module (fake CPUs); a session already open is used and left open."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    started = not ray.is_initialized()
+    if started:
+        # "local": a new cluster, never one that `ray start` left on this machine (which a bare init joins)
+        ray.init(address="local", num_cpus=CLUSTER_CPUS, include_dashboard=False, log_to_driver=False)
+    if ray.cluster_resources().get("CPU", 0) < 2:
+        pytest.skip("the Ray session open in this process has fewer than 2 CPUs")
+    yield
+    if started:
+        ray.shutdown()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def make_tasks(shards: int = 4, videos: int = 2, n: int = 3) -> list[ShardTask]:
+    tasks = []
+    for s in range(shards):
+        vids = tuple(Video(f"s{s}v{v}", 100 * s + 10 * v, n) for v in range(videos))
+        tasks.append(ShardTask(s, vids, {"videos": [v.video_id for v in vids]}))
+    return tasks
+
+
+def reads(trace) -> collections.Counter:
+    """How many times each video's reader started."""
+    return collections.Counter(trace.read_text().split())
+
+
+def expected_items(task: ShardTask, skip: tuple = ()) -> dict:
+    return {f"{v.video_id}_{j:02d}": 2 * (v.base + j) for v in task.videos for j in range(v.n)
+            if v.video_id not in skip}
+
+
+def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_timeout=None, encode_tag="x2",
+              **res) -> ExecResult:
+    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise)."""
+    steps = Steps(read=read, read_args=(read_cfg or ReadCfg(),), matter=Doubler, matter_args=tuple(matter_args),
+                  encode=encode, encode_args=(encode_tag,), writer=functools.partial(Recorder, *writer), lost=lost)
+    cfg = ResourceConfig(**({"num_actors": 1, "actor_cpus": 1.0, "max_restarts": 1, "shard_retries": 1,
+                             "stall_timeout": 60.0} | res))
+    ex = Executor(steps, cfg, progress=False)
+    try:
+        ex.start_actors()           # actor start is bounded by stall_timeout too: not the one under test
+        if stall_timeout is not None:
+            ex.res = dataclasses.replace(cfg, stall_timeout=stall_timeout)
+        t0 = time.monotonic()
+        result = ex.run(tasks)
+        log.info("run of %d shards: %.1f s, done %s, failed %s, redone %s, stalled %s", len(tasks),
+                 time.monotonic() - t0, sorted(result.done), result.failed, result.redone, result.stalled)
+        return result
+    finally:
+        ex.shutdown()
+
+
+def assert_all_done(result: ExecResult, tasks, redone=None) -> None:
+    assert result.failed == {}
+    assert result.stalled is None
+    assert sorted(result.done) == [t.index for t in tasks]
+    for t in tasks:
+        got = result.done[t.index]
+        assert got.index == t.index
+        assert got.marker == t.marker
+        assert got.items == expected_items(t)
+        assert got.failed == {}
+    if redone is not None:
+        assert result.redone == redone
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_every_shard_is_written_with_exactly_its_items(ray_session, tmp_path):
+    tasks = make_tasks(4, 2, 3)
+    trace = tmp_path / "reads"
+    assert_all_done(run_steps(tasks, ReadCfg(trace=str(trace))), tasks, redone={})
+    assert reads(trace) == {v.video_id: 1 for t in tasks for v in t.videos}
+
+
+def test_a_matter_actor_that_crashes_once_gets_its_chunks_again(ray_session, tmp_path):
+    """The only actor exits on its first chunk; Ray restarts it (max_restarts=1) and the loop sends
+    the chunks that were on it again: same output, and no shard is redone (nothing was lost)."""
+    died = tmp_path / "died"
+    tasks = make_tasks(4, 2, 3)
+    result = run_steps(tasks, matter_args=("die_once", str(died)), max_restarts=1)
+    assert died.exists()                     # it did die
+    assert_all_done(result, tasks, redone={})
+
+
+def test_the_last_matter_actor_dying_fails_every_shard_at_once(ray_session):
+    """No restart left (max_restarts=0) and one actor: every unfinished shard is failed at once, long
+    before the stall watchdog. The reason is ``_actor_lost``'s "every matter actor died"; a shard whose
+    chunk Ray reported as merely unavailable (before it knew the actor was dead) is failed first by
+    ``_resend`` (a chunk out of resends), the others when the ping finds the actor dead."""
+    tasks = make_tasks(2, 2, 3)
+    result = run_steps(tasks, matter_args=("die",), max_restarts=0, stall_timeout=30.0)
+    assert result.wall_s < 30
+    assert result.done == {}
+    assert result.stalled is None
+    assert sorted(result.failed) == [0, 1]
+    for i, why in result.failed.items():
+        assert why == "every matter actor died" or re.fullmatch(
+            rf"a chunk of s{i}v\d failed on 1 matter actors: matter actor 0: .*", why), why
+    assert result.redone == {}
+
+
+def test_a_reader_that_never_answers_ends_the_run_as_stalled(ray_session):
+    """The only reader hangs before its header: nothing progresses and no actor is busy, so after
+    ``stall_timeout`` the run ends (no hang), saying it waits for a reader, and its shard is failed.
+
+    (One shard only: while encode tasks run no actor counts as busy, so on a loaded machine a 3 s
+    watchdog could also fire between the chunks of other shards.)"""
+    tasks = [ShardTask(0, (Video("s0v0", 0),), {"videos": ["s0v0"]})]
+    result = run_steps(tasks, ReadCfg(hang=("s0v0",)), stall_timeout=3.0)
+    assert 3 <= result.wall_s < 20
+    assert result.done == {}
+    assert result.stalled is not None
+    assert result.stalled.startswith("no progress for 3 s, waiting for: 1 reader and 0 encode task(s) pending: CPU ")
+    assert result.failed == {0: f"stalled ({result.stalled})"}
+    assert result.redone == {}
+
+
+def test_a_reader_that_raises_mid_stream_fails_its_shard_after_its_retries(ray_session, tmp_path):
+    """A reader that raises (``read_video`` never does: it turns errors into rows) loses the rest of its
+    stream: the loop treats it as lost data, redoes the shard ``shard_retries`` times, then reports
+    it failed; other shards are written."""
+    tasks = make_tasks(2, 2, 3)
+    trace = tmp_path / "reads"
+    result = run_steps(tasks, ReadCfg(raise_at={"s1v0": 1}, trace=str(trace)), shard_retries=1)
+    assert reads(trace)["s1v0"] == 2          # once per attempt: Ray does not retry an exception
+    assert sorted(result.done) == [0]
+    assert result.done[0].items == expected_items(tasks[0])
+    assert result.done[0].failed == {}
+    # the error is the stream's item for chunk 1: routed like a chunk, it fails the chunk's delivery
+    assert result.failed == {1: "a chunk of s1v0 was lost: reader bug in s1v0 (redone 1 times)"}
+    assert result.redone == {1: 1}
+    assert result.stalled is None
+
+
+def test_a_reader_process_that_dies_every_time_becomes_failed_rows(ray_session, tmp_path):
+    """The reader process of one video exits after its header and first chunk, every time (Ray retries
+    it ``max_restarts`` times): the shard is redone once, and that video is then given up: one
+    ``Steps.lost`` row per key of its header (the keys it read before dying too) goes to the writer,
+    and the shard is written with them."""
+    tasks = make_tasks(2, 2, 3)
+    trace = tmp_path / "reads"
+    result = run_steps(tasks, ReadCfg(crash_at={"s0v1": 1}, trace=str(trace)), max_restarts=1, shard_retries=1)
+    assert reads(trace)["s0v1"] == 2          # the first attempt and Ray's one retry; then it is given up
+    assert result.failed == {}
+    assert result.stalled is None
+    assert sorted(result.done) == [0, 1]
+    assert result.done[1].items == expected_items(tasks[1])
+    assert result.done[0].items == expected_items(tasks[0], skip=("s0v1",))
+    keys = ["s0v1_00", "s0v1_01", "s0v1_02"]
+    assert result.done[0].failed == dict.fromkeys(keys, "ReaderCrashed")
+    assert result.done[0].messages == dict.fromkeys(keys, "the reader process died on this video 1 times")
+    assert result.redone == {0: 1}
+
+
+def test_a_matter_failure_of_one_item_is_a_row_not_a_lost_shard(ray_session):
+    """``refine`` returns a Failure for one item (as ``MatterActor`` does for a matter error about a
+    sample): the writer gets it as that key's failed row; the shard is written, not redone."""
+    tasks = make_tasks(2, 2, 3)
+    bad = "s1v0_01"
+    result = run_steps(tasks, matter_args=("fail", "", (bad,)))
+    assert result.failed == {} and result.redone == {} and result.stalled is None
+    assert result.done[0].items == expected_items(tasks[0]) and result.done[0].failed == {}
+    want = expected_items(tasks[1])
+    del want[bad]
+    assert result.done[1].items == want
+    assert result.done[1].failed == {bad: "MatterError"}
+    assert result.done[1].messages == {bad: "matter doubler: bad item"}
+
+
+def test_a_lost_shard_writer_is_replaced_and_its_shards_redone(ray_session, tmp_path):
+    """The writer actor's process exits when it is handed one item (once): a new writer takes over, the
+    shards that were open on the lost one are redone, and every shard is written exactly as usual."""
+    died = tmp_path / "writer_died"
+    tasks = make_tasks(2, 2, 3)
+    result = run_steps(tasks, writer=("s1v0_01", str(died)))
+    assert died.exists()
+    assert_all_done(result, tasks)
+    assert 1 in result.redone and set(result.redone.values()) == {1}
+
+
+def test_an_encoder_that_dies_every_time_is_a_failed_shard_not_bad_input(ray_session, tmp_path):
+    """The encode process of one video's chunks exits every time (after Ray's retries): the reader was
+    fine, so that is a system failure (the shard is redone, then failed), never ``ReaderCrashed`` rows
+    in a shard marked done (which was what a crashed encode task counted as)."""
+    tasks = make_tasks(2, 2, 3)
+    trace = tmp_path / "reads"
+    result = run_steps(tasks, ReadCfg(trace=str(trace)), encode_tag="crash:s0v1", max_restarts=1, shard_retries=1)
+    assert sorted(result.done) == [1] and result.done[1].items == expected_items(tasks[1])
+    assert list(result.failed) == [0] and result.failed[0].startswith("a chunk of s0v1 was lost: ")
+    assert result.failed[0].endswith("(redone 1 times)")
+    assert reads(trace)["s0v1"] == 2          # read again on the redo: never given up as a bad video
+    assert result.redone == {0: 1} and result.stalled is None
