@@ -35,19 +35,13 @@ def synth_split(tmp_path_factory) -> Path:
     return synth.generate_split(root, specs, "sav_train")
 
 
-# one Ray session runs both jobs (each new local cluster costs ~15 s on 2 cores)
-_RUN_JOBS = "import json, sys; from pipeline.run import main; sys.exit(max([main(a) for a in json.loads(sys.argv[1])]))"
-
-
 @pytest.fixture(scope="session")
 def _mava_jobs(synth_split, tmp_path_factory) -> dict[str, Path]:
     """The real job (``pipeline.run --matter guided``) on a copy of `synth_split` with two bad inputs
     mixed in (a video whose mp4 is missing, one masklet emptied), plus a ``--frames none`` run of
-    its first video, in one subprocess and one local Ray cluster."""
+    its first video, in the shared job server (``tests.job_cli.JobServer``)."""
     import json
     import shutil
-    import subprocess
-    import sys
 
     import numpy as np
 
@@ -68,13 +62,12 @@ def _mava_jobs(synth_split, tmp_path_factory) -> dict[str, Path]:
         frame[2] = sav.encode_mask(np.zeros((h, w), bool))
     p.write_text(json.dumps(d))
 
-    common = ["--split", split.name, "--data-root", str(data), "--matter", "guided", "--address", "local",
-              "--num-cpus", "2", "--videos-per-shard", "1", "--no-progress", "--log-level", "WARNING"]
-    runs = {"jpg": common + ["--out", str(root / "out")],
-            "none": common + ["--out", str(root / "out_noframes"), "--frames", "none", "--limit-videos", "1"]}
-    res = subprocess.run([sys.executable, "-c", _RUN_JOBS, json.dumps(list(runs.values()))],
-                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
+    from tests.job_cli import SPLIT, run_cli
+
+    assert split.name == SPLIT
+    for out, extra in [("out", []), ("out_noframes", ["--frames", "none", "--limit-videos", "1"])]:
+        res = run_cli(data, root / out, "--matter", "guided", "--log-level", "WARNING", *extra, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
     return {"jpg": root / "out" / split.name, "none": root / "out_noframes" / split.name,
             "gt": synth_split / "gt_alpha"}
 
@@ -91,3 +84,10 @@ def job_output(_mava_jobs) -> tuple[Path, Path]:
 def job_output_alpha_only(_mava_jobs) -> Path:
     """Out split dir of the same job with ``--frames none`` on the first video only (read-only)."""
     return _mava_jobs["none"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the shared job server (and its local Ray session), if a test started it."""
+    from tests.job_cli import JobServer
+
+    JobServer.close_shared()

@@ -1,8 +1,8 @@
 """Issue 20: a careless operator against the wave-2 tools. Every scenario of the issue is a test here.
 
 One reference output per module: the real job (``pipeline.run --matter mask --videos-per-shard 2``) on
-a generated 4-video split (20 samples in 2 shards). Each test works on a copy. Job reruns share one
-local Ray session per test (``run_cli_many``); refusals happen before Ray starts.
+a generated 4-video split (20 samples in 2 shards). Each test works on a copy. Job reruns run in the
+test session's shared job server (``tests.job_cli.JobServer``); refusals happen before Ray starts.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_another_plan_refuses_whatever_else_is_asked(data4, ref, tmp_path):
             ["--videos-per-shard", "1", "--retry-failed"], ["--videos-per-shard", "1", "--limit-videos", "2"],
             ["--videos-per-shard", "3"], ["--videos-per-shard", "4", "--redo-mismatched", "--retry-failed"],
             ["--videos-per-shard", "1", "--shards", "0", "--redo-mismatched", "--matter", "guided"]]
-    runs = run_cli_many(data4.parent, d.parent, [MASK + a for a in asks])
+    runs = run_cli_many(data4.parent, d.parent, [MASK + a for a in asks], fresh=True)
     for a, r in zip(asks, runs):
         assert r["rc"] == 2, (a, r["stderr"][-800:])
         _one_line(r["stderr"], "python -m pipeline.run: error:")
@@ -101,7 +101,7 @@ def test_another_plan_refuses_whatever_else_is_asked(data4, ref, tmp_path):
         assert "another shard plan" in r["stderr"] and "--videos-per-shard 2" in r["stderr"], r["stderr"]
         assert f"--videos-per-shard {new}" in r["stderr"] and "--replan" in r["stderr"], r["stderr"]
     assert tree_bytes(d) == before
-    assert "Started a local Ray instance" not in runs[-1]["log"]  # refused before any work
+    assert [r["ray"] for r in runs] == [False] * len(asks)  # refused before any work: Ray never started
 
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "{}", "null", "foreign", "no-plan-json"])
