@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -22,7 +20,7 @@ from pycocotools import mask as mask_utils
 from mava import schema
 from pipeline.reader import ReaderConfig, list_videos, plan_video
 
-from tests.job_cli import REPO, SPLIT, manifest, planned_keys, run_cli, tree_bytes
+from tests.job_cli import REPO, SPLIT, kill_tree, manifest, planned_keys, run_cli, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +195,7 @@ def test_sigkill_then_resume_is_byte_identical(synth_split, tmp_path):
                     tf.getmembers()
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)
     finished = sorted(p.name for p in done_dir.glob("*.json"))
     assert 1 <= len(finished) < n_shards, f"kill came too late or too early: {finished}"
     stamps = {p.name: p.stat().st_mtime_ns for p in done_dir.glob("*.json")}

@@ -61,10 +61,15 @@ def test_ray_job_submit_same_output_as_direct_run(synth_split, ray_head, tmp_pat
     address, env = ray_head
     args = ["--split", SPLIT, "--data-root", str(synth_split.parent), "--out", str(tmp_path / "submitted"),
             "--matter", "mask", "--videos-per-shard", "1", "--no-progress"]
-    res = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", "jobs/runtime_env.yaml",
-         "--", "python", "-m", "pipeline.run", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    deadline = time.time() + 90
+    while True:   # the head answers `ray job list` before its job agent is up: Ray says "try again later"
+        res = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", "jobs/runtime_env.yaml",
+             "--", "python", "-m", "pipeline.run", *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        if res.returncode == 0 or "No available agent" not in res.stderr + res.stdout or time.time() > deadline:
+            break
+        time.sleep(3)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     assert "succeeded" in (res.stdout + res.stderr).lower()
     direct = run_cli(synth_split.parent, tmp_path / "direct", "--matter", "mask")

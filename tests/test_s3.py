@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from mava import manifest as mf
 from mava.folder import as_split
 from mava import schema
 from mava.__main__ import main
+from tests.job_cli import kill_tree
 from tests.s3_server import FAKE_AWS, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,8 +211,7 @@ def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
                 break
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc)             # the driver and every Ray worker under it: none may finish a shard later
         proc.communicate(timeout=60)
     fs.invalidate_cache()
     markers = fs.ls(done) if fs.exists(done) else []
