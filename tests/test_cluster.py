@@ -87,12 +87,14 @@ def _same_as(clean: Path, split: Path) -> None:
     assert verify(str(split)).passed
 
 
-def test_a_lost_node_with_capacity_left_completes_byte_identical(cluster, workers, synth_split, clean, tmp_path):
+def test_a_lost_node_with_capacity_left_completes_byte_identical(cluster, workers, synth_split, clean, tmp_path,
+                                                                record_property):
     a, _ = workers(), workers()
     proc = _start(cluster, synth_split.parent, tmp_path)
     _wait_done_markers(proc, tmp_path / SPLIT)
     cluster.remove_node(a, allow_graceful=False)          # its matter actor, and any reader on it, go
     rc, log, took = _finish(proc, timeout=240)
+    record_property("seconds_from_fault_to_end", round(took, 1))  # README: Faults, measured
     assert rc == 0, log[-3000:]
     _same_as(clean, tmp_path / SPLIT)
     run = json.loads((tmp_path / SPLIT / schema.RUN_JSON).read_text())
@@ -101,12 +103,13 @@ def test_a_lost_node_with_capacity_left_completes_byte_identical(cluster, worker
 
 
 def test_a_lost_node_with_no_capacity_left_ends_the_run_and_a_rerun_completes(cluster, workers, synth_split,
-                                                                              clean, tmp_path):
+                                                                              clean, tmp_path, record_property):
     a = workers()
     proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "30")
     _wait_done_markers(proc, tmp_path / SPLIT)
     cluster.remove_node(a, allow_graceful=False)          # the only GPU: nothing can matte any more
     rc, log, took = _finish(proc, timeout=120)
+    record_property("seconds_from_fault_to_end", round(took, 1))  # README: Faults, measured
     assert rc == 1, log[-3000:]
     assert took < 90, f"the run took {took:.0f} s to end after the loss"
     assert "no progress for 30 s" in log and "matter actor 0" in log and "needs 1 GPU" in log, log[-3000:]
@@ -125,7 +128,8 @@ def test_a_lost_node_with_no_capacity_left_ends_the_run_and_a_rerun_completes(cl
     _same_as(clean, tmp_path / SPLIT)
 
 
-def test_a_node_removed_then_added_back_is_used_again(cluster, workers, synth_split, clean, tmp_path):
+def test_a_node_removed_then_added_back_is_used_again(cluster, workers, synth_split, clean, tmp_path,
+                                                     record_property):
     a = workers()
     proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "120")
     _wait_done_markers(proc, tmp_path / SPLIT)
@@ -133,12 +137,13 @@ def test_a_node_removed_then_added_back_is_used_again(cluster, workers, synth_sp
     time.sleep(3)                                         # the actor is down, its chunks wait
     workers()                                             # the autoscaler's new node: the actor restarts there
     rc, log, took = _finish(proc, timeout=240)
+    record_property("seconds_from_fault_to_end", round(took, 1))  # README: Faults, measured
     assert rc == 0, log[-3000:]
     assert "is back" in log                               # the restarted actor took the work
     _same_as(clean, tmp_path / SPLIT)
 
 
-def test_the_node_of_a_shard_writer_is_removed(cluster, workers, synth_split, clean, tmp_path):
+def test_the_node_of_a_shard_writer_is_removed(cluster, workers, synth_split, clean, tmp_path, record_property):
     a = workers(resources={"spill": 1})                   # the writers can only live here
     workers()
     proc = _start(cluster, synth_split.parent, tmp_path, "--writer-resource", "spill", "--stall-timeout", "120")
@@ -147,6 +152,7 @@ def test_the_node_of_a_shard_writer_is_removed(cluster, workers, synth_split, cl
     time.sleep(2)
     workers(resources={"spill": 1})                       # a new node for a new writer
     rc, log, took = _finish(proc, timeout=240)
+    record_property("seconds_from_fault_to_end", round(took, 1))  # README: Faults, measured
     assert rc == 0, log[-3000:]
     assert "shard writer was lost" in log and "redoing it" in log, log[-3000:]
     _same_as(clean, tmp_path / SPLIT)                     # no shard was marked done with lost samples
