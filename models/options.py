@@ -75,13 +75,18 @@ def fingerprint_options(cfg, names=None) -> dict:
 # --- value parsers ------------------------------------------------------------------------------------
 
 
+def _parsed(text: str, conv: Callable[[str], Any], what: str) -> Any:
+    """``conv(text)``, or the argparse error "'text' is not <what>"."""
+    try:
+        return conv(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def int_at_least(lo: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``lo``."""
     def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        v = _parsed(text, int, "an integer")
         if v < lo:
             raise argparse.ArgumentTypeError(f"{v} is less than {lo}")
         return v
@@ -103,10 +108,7 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
 def number_at_least(lo: float) -> Callable[[str], float]:
     """An argparse type: a number >= ``lo``."""
     def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        v = _parsed(text, float, "a number")
         if v < lo:
             raise argparse.ArgumentTypeError(f"{v:g} is less than {lo:g}")
         return v
@@ -116,10 +118,7 @@ def number_at_least(lo: float) -> Callable[[str], float]:
 
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    v = _parsed(text, float, "a number")
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{v} is not in [0, 1]")
     return v

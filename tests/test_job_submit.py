@@ -27,14 +27,17 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path):
     """A Ray head started the way a cluster admin does, stopped (with all its processes) afterwards."""
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     # token authentication (Ray's default) with a token of this test's own, for the head and the client
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp = Path(f"/tmp/rh{os.getpid()}")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--dashboard-port", str(dash),
-         "--include-dashboard", "true", "--num-cpus", "2", "--temp-dir", str(temp), "--disable-usage-stats"],
+         "--include-dashboard", "true", "--num-cpus", "2",
+         # the job agent on a port of its own: another local cluster on this machine (the test session's job
+         # server) holds Ray's default 52365, and a head whose agent cannot listen takes no job
+         "--dashboard-agent-listen-port", str(agent), "--temp-dir", str(temp), "--disable-usage-stats"],
         cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -51,7 +54,7 @@ def ray_head(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=15)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
@@ -61,7 +64,7 @@ def test_ray_job_submit_same_output_as_direct_run(synth_split, ray_head, tmp_pat
     address, env = ray_head
     args = ["--split", SPLIT, "--data-root", str(synth_split.parent), "--out", str(tmp_path / "submitted"),
             "--matter", "mask", "--videos-per-shard", "1", "--no-progress"]
-    deadline = time.time() + 90
+    deadline = time.time() + 60
     while True:   # the head answers `ray job list` before its job agent is up: Ray says "try again later"
         res = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", "jobs/runtime_env.yaml",
