@@ -1,4 +1,5 @@
-"""Helpers of the job tests: run ``python -m pipeline.run`` in a subprocess and read its output back."""
+"""Helpers of the job tests: run ``python -m pipeline.run`` (in the test session's job server, or in a
+subprocess) and read its output back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -93,7 +95,12 @@ def tree_bytes(out_split: Path) -> dict[str, bytes]:
 
 
 _SERVER = r"""
-import contextlib, io, json, logging, sys, traceback
+import contextlib, io, json, logging, os, sys, traceback
+# the answers go out on a copy of stdout; fd 1 becomes stderr, so that nothing else (a worker's log line
+# that arrives between two runs, a C library) can write into them
+out = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 from mava import lifecycle
 from pipeline.run import main
 
@@ -107,7 +114,6 @@ class _Current:
         sys.stderr.flush()
 
 
-out = sys.stdout
 logging.basicConfig(level=logging.INFO, stream=_Current(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 for line in sys.stdin:
     argv = json.loads(line)
@@ -140,9 +146,13 @@ class JobServer:
     _shared: "JobServer | None" = None
 
     def __init__(self) -> None:
+        self.log = tempfile.TemporaryFile()    # the server's own stderr (Ray's messages between runs)
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=REPO, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+
+    def log_tail(self, n: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-n:]
 
     @staticmethod
     def can_run(args: list[str]) -> bool:
@@ -167,7 +177,7 @@ class JobServer:
             self.kill()
             if not ready:
                 raise subprocess.TimeoutExpired(["pipeline.run", *args], timeout)
-            raise AssertionError(f"the job server died running {args}")
+            raise AssertionError(f"the job server died running {args}: {self.log_tail()}")
         res = json.loads(line)
         done = subprocess.CompletedProcess(["pipeline.run", *args], res["rc"], res["stdout"], res["stderr"])
         done.ray_initialized = res["ray"]  # whether the server's Ray session is up after the run

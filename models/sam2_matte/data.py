@@ -35,9 +35,9 @@ from PIL import Image
 from training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaData
 
 from mava import manifest as mf
+from mava import schema
 from mava.loaders import SharedCount, choose_indices
 from mava.sample import DECODE_ERRORS, SampleError, decode_sample, has_frames
-from mava import schema
 from mava.schema import Col
 from mava.state import inspect_split, vouched_manifest
 from models.sam2_matte.model import IMG_MEAN, PROMPT_THRESHOLD, normalize
