@@ -20,9 +20,8 @@ import tarfile
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mava import schema
+from mava import lifecycle, schema
 from mava.folder import MANIFEST_EMPTY, SplitDir, UnreadableFile, as_split
 from mava.schema import Col
 
@@ -176,7 +175,7 @@ def vouched_manifest(state: SplitState) -> Vouched:
             bad.append(UnreadableFile(url, "not the manifest its done marker vouches for (sha256 differs)"))
             continue
         try:
-            t = _conform(pq.ParquetFile(pa.BufferReader(data)).read(), url)
+            t = _conform(lifecycle.read_parquet(pa.BufferReader(data)), url)
         except pa.ArrowException as exc:
             bad.append(UnreadableFile(url, f"unreadable manifest ({type(exc).__name__}: {exc})"))
             continue

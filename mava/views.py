@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mava import qc, schema
+from mava import lifecycle, qc, schema
 from mava.folder import SplitDir, as_split
 from mava.schema import Col
 
@@ -81,7 +81,7 @@ def read_view(split_dir: str | SplitDir, name: str) -> View:
         raise ViewError(f"no view {name!r} in {split.url} (views: {', '.join(have) if have else 'none'}; "
                         "`python -m mava filter` records one)")
     try:
-        t = pq.read_table(pa.BufferReader(split.read_bytes(rel)))
+        t = lifecycle.read_parquet(pa.BufferReader(split.read_bytes(rel)))
         meta = json.loads((t.schema.metadata or {}).get(schema.VIEW_META, b"{}"))
     except (OSError, pa.ArrowException, json.JSONDecodeError) as exn:
         raise ViewError(f"view {split.url_of(rel)} is unreadable ({type(exn).__name__}: {exn})") from exn

@@ -77,6 +77,24 @@ def test_parquet_read_leaves_nothing_on_arrow_threads():
     assert held == 0, f"{held} of 300 reads left the source held by another thread"
 
 
+def test_every_parquet_read_goes_through_read_parquet():
+    """The cause came back once: mava/state.py and mava/views.py read manifests and views with
+    ``ParquetFile.read()`` / ``pq.read_table`` (1 of 200 ``mava export`` error runs aborted at exit).
+    Reading parquet anywhere in the code but :func:`lifecycle.read_parquet` is the bug."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(p for pkg in ("mava", "pipeline", "models") for p in (root / pkg).rglob("*.py")):
+        if path.name == "lifecycle.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                    node.func.attr in ("read_table", "ParquetFile", "read_pandas", "ParquetDataset")):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.func.attr}")
+    assert not found, f"parquet read outside lifecycle.read_parquet: {found}"
+
+
 # --- loops ---------------------------------------------------------------------------------------------------
 
 
