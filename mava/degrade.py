@@ -1,8 +1,9 @@
-"""Mask degradations: coarse masks a matter (or a training run) may be given instead of clean ones."""
+"""Mask degradations: coarse masks a matter (or a training run) may be given instead of clean ones.
+
+OpenCV is imported in the functions that use it: `python -m mava` starts without it."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
@@ -15,6 +16,7 @@ def _as_u8(mask: np.ndarray) -> np.ndarray:
 
 def downsample_upsample(mask: np.ndarray, factor: int, threshold: float = 0.5) -> np.ndarray:
     """Area-downsample by `factor`, bilinear-upsample back to the input size, threshold: a blocky mask."""
+    import cv2
     if factor < 1:
         raise ValueError("factor must be >= 1")
     m = _as_u8(mask).astype(np.float32)
@@ -29,6 +31,7 @@ def simplify_polygons(mask: np.ndarray, epsilon: float = 4.0) -> np.ndarray:
 
     Holes are kept (contour hierarchy), so a ring stays a ring.
     """
+    import cv2
     m = _as_u8(mask)
     contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     out = np.zeros_like(m)
@@ -45,17 +48,20 @@ def simplify_polygons(mask: np.ndarray, epsilon: float = 4.0) -> np.ndarray:
 
 
 def _disk(radius: int) -> np.ndarray:
+    import cv2
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """Shrink the mask by a disk of `radius` pixels."""
+    import cv2
     m = _as_u8(mask)
     return cv2.erode(m, _disk(radius)).astype(bool) if radius > 0 else m.astype(bool)
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Grow the mask by a disk of `radius` pixels."""
+    import cv2
     m = _as_u8(mask)
     return cv2.dilate(m, _disk(radius)).astype(bool) if radius > 0 else m.astype(bool)
 
@@ -98,6 +104,7 @@ def object_scale(masks: np.ndarray) -> float:
 
 
 def _blur(alpha: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
     if sigma <= 0:
         return alpha
     return np.stack([cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) for a in alpha])
@@ -105,6 +112,7 @@ def _blur(alpha: np.ndarray, sigma: float) -> np.ndarray:
 
 def _grey_morph(alpha: np.ndarray, radius: float, op) -> np.ndarray:
     """Grey-level erosion/dilation of each frame by a disk; fractional radii blend the two nearest disks."""
+    import cv2
     if radius <= 0:
         return alpha
     lo = int(np.floor(radius))
@@ -145,6 +153,7 @@ def _blobs(masks: np.ndarray, region: np.ndarray, strength: float, u: float, rng
 
 def _smooth_field(shape: tuple[int, int], scale: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth noise in [0, 1] with features about ``scale`` pixels wide."""
+    import cv2
     h, w = shape
     small = rng.random((max(2, int(h / scale) + 2), max(2, int(w / scale) + 2))).astype(np.float32)
     f = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -153,6 +162,7 @@ def _smooth_field(shape: tuple[int, int], scale: float, rng: np.random.Generator
 
 
 def _shift(a: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    import cv2
     m = np.float32([[1, 0, dx], [0, 1, dy]])
     return cv2.warpAffine(a, m, (a.shape[1], a.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
@@ -167,6 +177,7 @@ def damage_alpha(alpha: np.ndarray, masks: np.ndarray, name: str, strength: floa
     - flicker: each frame shifted (up to 0.15u*s px) and dimmed (up to 30%*s) independently;
     - seam: the whole clip shifted and dimmed once, as a window that disagrees with its neighbours.
     """
+    import cv2
     if name not in ALPHA_DAMAGES:
         raise ValueError(f"unknown alpha damage {name!r}; choose one of {ALPHA_DAMAGES}")
     if not 0.0 <= strength <= 1.0:

@@ -28,6 +28,8 @@ Scores of a window against the earlier windows of its masklet (stored on the lat
 Undefined scores (no mask core, no frame pair, no earlier window) are null and never set a verdict.
 The verdict of a row is ``fail`` when a score crosses its fail threshold, else ``warn`` when one
 crosses its warn threshold, else ``pass``; ``qc_reason`` names the scores that crossed (worst first).
+
+OpenCV is imported in the functions that use it: `python -m mava` starts without it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterable, Mapping
 
-import cv2
 import numpy as np
 
 from mava import schema
@@ -78,6 +79,7 @@ def band_radius(masks: np.ndarray) -> int:
 def _outside_distance(masks: np.ndarray) -> np.ndarray:
     """float32[T,H,W]: each pixel's Euclidean distance to the nearest mask pixel of its frame (0 inside;
     large in a frame without mask)."""
+    import cv2
     out = np.empty(masks.shape, np.float32)
     for t, m in enumerate(masks):
         out[t] = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5) if m.any() else np.inf
@@ -92,6 +94,7 @@ def dilate(masks: np.ndarray, radius: float) -> np.ndarray:
 def erode(masks: np.ndarray, radius: float) -> np.ndarray:
     """bool[T,H,W]: mask pixels farther than ``radius`` from every non-mask pixel of the frame (pixels
     beyond the frame count as mask, so an object cut by the border keeps its core)."""
+    import cv2
     m = np.asarray(masks, bool)
     out = np.zeros(m.shape, bool)
     for t, x in enumerate(m):
@@ -108,6 +111,7 @@ def _centroid(m: np.ndarray) -> tuple[float, float] | None:
 
 
 def _shift(x: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    import cv2
     mat = np.float32([[1, 0, dx], [0, 1, dy]])
     return cv2.warpAffine(x, mat, (x.shape[1], x.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
@@ -122,6 +126,7 @@ def change_series(alpha: np.ndarray, masks: np.ndarray, radius: int | None = Non
     SMOOTH * r (a soft and a hard edge that deform alike move the same alpha mass) and measured as
     sqrt(sum d^2 / |dilate(M_t or M_t-1, r)|). A wide blur is computed on a grid coarser by up to a
     third of its sigma (area-averaged first), where it is as smooth."""
+    import cv2
     a = as_float_alpha(alpha)
     m = np.asarray(masks, bool)
     if len(a) < 2:
@@ -156,6 +161,7 @@ def change_series(alpha: np.ndarray, masks: np.ndarray, radius: int | None = Non
 def change_maps(alpha: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """float32[T,H,W]: |the residual d of :func:`change_series`| of the pair ending at each frame (frame 0
     and pairs without an earlier mask position: zeros), at full resolution; for pictures of flicker."""
+    import cv2
     a = as_float_alpha(alpha)
     m = np.asarray(masks, bool)
     r = band_radius(m)
