@@ -228,6 +228,21 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
         return _select_and_run(cfg, out, plans, lease, ex)
     finally:
         ex.shutdown()
+        _clean_lost_writers(out, lease)
+
+
+def _clean_lost_writers(out: SplitDir, lease: Lease) -> None:
+    """Remove the partial files of shard writers lost during this run (a node gone mid-shard), once no
+    writer of this run is left; never while another run holds the lease."""
+    if lease.lost:
+        return
+    try:
+        removed = planning.clean_partials(out)
+    except OSError as exc:
+        log.warning("could not remove the partial files of lost shard writers: %s", exc)
+        return
+    if removed:
+        log.info("removed %d partial files of shard writers lost in this run", removed)
 
 
 def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], lease: Lease,
