@@ -145,10 +145,13 @@ class JobServer:
 
     _shared: "JobServer | None" = None
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict | None = None) -> None:
+        """``env``: the whole environment of the server (and so of its Ray workers); default: this one."""
+        self.env = env
         self.log = tempfile.TemporaryFile()    # the server's own stderr (Ray's messages between runs)
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=REPO, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
+                                     env=env)
 
     def log_tail(self, n: int = 3000) -> str:
         self.log.seek(0)

@@ -105,14 +105,14 @@ def test_a_lost_node_with_capacity_left_completes_byte_identical(cluster, worker
 def test_a_lost_node_with_no_capacity_left_ends_the_run_and_a_rerun_completes(cluster, workers, synth_split,
                                                                               clean, tmp_path, record_property):
     a = workers()
-    proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "30")
+    proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "15")
     _wait_done_markers(proc, tmp_path / SPLIT)
     cluster.remove_node(a, allow_graceful=False)          # the only GPU: nothing can matte any more
     rc, log, took = _finish(proc, timeout=120)
     record_property("seconds_from_fault_to_end", round(took, 1))  # README: Faults, measured
     assert rc == 1, log[-3000:]
     assert took < 90, f"the run took {took:.0f} s to end after the loss"
-    assert "no progress for 30 s" in log and "matter actor 0" in log and "needs 1 GPU" in log, log[-3000:]
+    assert "no progress for 15 s" in log and "matter actor 0" in log and "needs 1 GPU" in log, log[-3000:]
     assert "FAILED" in log and "Traceback" not in log
     assert not (tmp_path / SPLIT / schema.LEASE_JSON).exists(), "the stalled run kept its lease"
     done = {p.name for p in (tmp_path / SPLIT / "done").glob("*.json")}

@@ -27,7 +27,7 @@ from mava import manifest as mf
 from mava.folder import as_split
 from mava import schema
 from mava.__main__ import main
-from tests.job_cli import kill_tree
+from tests.job_cli import JobServer, kill_tree
 from tests.s3_server import FAKE_AWS, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,14 +60,24 @@ def _fs():
     return fsspec.filesystem("s3", skip_instance_cache=True)
 
 
-def _job(env: dict, *extra: str, data: str, out: str, popen: bool = False, matter: str = "mask"):
-    args = [sys.executable, "-m", "pipeline.run", "--split", "sav_train", "--data-root", data, "--out", out,
+@pytest.fixture(scope="module")
+def jobs(s3):
+    """A job server with the S3 environment: the module's runs share one process and one Ray session."""
+    server = JobServer(env=s3[1])
+    yield server
+    server.close()
+
+
+def _job(server: JobServer, *extra: str, data: str, out: str, popen: bool = False, matter: str = "mask"):
+    """``pipeline.run`` from ``data`` to ``out``: in the module's job server, or (``popen``) in a process of
+    its own, started with the server's environment."""
+    args = ["--split", "sav_train", "--data-root", data, "--out", out,
             "--matter", matter, "--address", "local", "--num-cpus", "2", "--videos-per-shard", "1",
             "--no-progress", "--log-level", "WARNING", *extra]
     if popen:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, env=server.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return server.run(args, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +92,15 @@ def s3_data(s3, synth_split, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def s3_job(s3, s3_data):
+def s3_job(jobs, s3_data):
     """The job run from s3:// to s3:// (mask matter), then rerun: (split URL, first and rerun outputs, etags)."""
-    _, env = s3
     fs = _fs()
     data, out = s3_data, f"s3://{BUCKET}/out"
-    first = _job(env, data=data, out=out)
+    first = _job(jobs, data=data, out=out)
     assert first.returncode == 0, first.stdout + first.stderr
     split = f"{out}/sav_train"
     etags = {p: fs.info(p)["ETag"] for p in fs.find(f"{BUCKET}/out/sav_train") if not p.endswith(schema.RUN_JSON)}
-    rerun = _job(env, data=data, out=out)
+    rerun = _job(jobs, data=data, out=out)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     return split, first.stdout, rerun.stdout, etags
 
@@ -198,17 +207,16 @@ def _markers(fs, done: str) -> list[str]:
     return [p for p in fs.ls(done) if p.endswith(".json")]
 
 
-def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
+def test_interrupted_run_on_s3_shows_no_half_written_shard(jobs, s3_data):
     """SIGKILL the job once its first done marker exists: every shard with a marker verifies, the missing
     ones are reported by verify (exit 1), nothing half-written is visible under a final name, and the
     rerun finishes the rest without touching the finished shard's objects."""
-    _, env = s3
     fs = _fs()
     data, out = s3_data, f"s3://{BUCKET}/out_killed"
     split = f"{out}/sav_train"
     done = f"{BUCKET}/out_killed/sav_train/done"
     slow = "tests.matters_for_tests:SlowMaskMatter"  # alpha = mask after a sleep: time to kill mid-run
-    proc = _job(env, "--read-ahead", "1", "--matter-option", "delay=0.5", data=data, out=out, popen=True, matter=slow)
+    proc = _job(jobs, "--read-ahead", "1", "--matter-option", "delay=0.5", data=data, out=out, popen=True, matter=slow)
     try:
         for _ in range(1200):  # bounded: 120 s
             fs.invalidate_cache()
@@ -242,7 +250,7 @@ def test_interrupted_run_on_s3_shows_no_half_written_shard(s3, s3_data):
     assert sorted(r["key"] for r in RandomAccessClips(split, ClipConfig(fields=("alpha",))).rows) == want
     etags = {p: fs.info(p)["ETag"] for p in fs.find(f"{BUCKET}/out_killed/sav_train")
              if any(s in p for s in finished) and not p.endswith(schema.TMP_SUFFIX)}
-    res = _job(env, "--matter-option", "delay=0", data=data, out=out, matter=slow)
+    res = _job(jobs, "--matter-option", "delay=0", data=data, out=out, matter=slow)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(finished)} skipped" in res.stdout
     assert main(["verify", split, "--no-progress"]) == 0
