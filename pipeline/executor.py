@@ -168,7 +168,11 @@ def init_ray(res: ResourceConfig) -> None:
     else:
         check_reachable(address, source)
         log.info("joining the Ray cluster at %s (from %s)", address, source)
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when a new node does not start in time
+        what = "start a local Ray cluster" if address == "local" else f"join the Ray cluster at {address}"
+        raise ClusterError(f"could not {what}: {_reason(exc)}") from None
 
 
 def _num_actors(res: ResourceConfig) -> tuple[int, int]:

@@ -240,6 +240,17 @@ def test_unwritable_out_and_empty_split_fail_before_any_work(synth_split, tmp_pa
     assert "Started a local Ray instance" not in res.stderr
 
 
+def test_a_local_cluster_that_cannot_start_is_one_line(synth_split, tmp_path):
+    """Ray raises a bare exception when a new local node cannot start (its temp folder unusable here; an
+    overloaded machine's startup timeout the same way): one line naming it, exit 2, the lease released."""
+    (tmp_path / "a-file").write_text("not a folder")
+    res = run_cli(synth_split.parent, tmp_path / "out", *MASK, env={"RAY_TMPDIR": str(tmp_path / "a-file" / "ray")})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "error: could not start a local Ray cluster: [Errno 20] Not a directory" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out" / SPLIT / schema.LEASE_JSON).exists()
+
+
 # --- 7. rotated videos: the same samples from both decoders ----------------------------------------
 
 
