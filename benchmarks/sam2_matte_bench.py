@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     for e in evals:
         print(f"{e['step']:6d} {e['loss']:10.3f} {e['sam2_matte']:15.3f} {e['mask']:9.3f} {e['mava']:9.3f} {e['sec']:7.2f}")
     done = evals[-1]["step"] if evals else 0
+    path = Path(args.plot) if args.plot else work / "sam2_matte_bench.png"
+    prompts = ("first-frame mask prompts" if args.mask_prompt_prob == 1 and args.init_cond_frames == 1
+               else "SAM 2's prompt recipe")
+    title = (f"SAM2-Matte {args.model} on MA-V ({args.videos} synthetic videos, guided matter), CPU, "
+             f"{args.image_size}px, {args.num_frames}-frame clips, {prompts}")
     for stop in range(done + args.eval_every, args.steps + args.eval_every, args.eval_every):
         stop = min(stop, args.steps)
         t0 = time.time()
@@ -230,16 +235,16 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         done = stop
         del last
+        plot(read_metrics(str(run)), evals, path, title)   # after every evaluation: a stopped run has one too
     if not evals:
         print("nothing to do")
         return 1
     e = evals[-1]
-    path = Path(args.plot) if args.plot else work / "sam2_matte_bench.png"
-    plot(read_metrics(str(run)), evals, path,
-         f"SAM2-Matte tiny on MA-V ({args.videos} synthetic videos, guided matter), CPU, {args.image_size}px")
     print(f"SAM2-Matte (tiny, {e['step']} steps) MAD {e['sam2_matte']:.3f} vs binary mask MAD {e['mask']:.3f} "
           f"(ratio {e['sam2_matte'] / e['mask']:.2f}; MA-V pseudo-labels {e['mava']:.3f}) over {e['frames']} frames "
           f"of {args.videos} videos; beats the mask: {'yes' if e['sam2_matte'] < e['mask'] else 'no'}")
+    b = min(evals, key=lambda x: x["sam2_matte"])
+    print(f"best: MAD {b['sam2_matte']:.3f} at step {b['step']}")
     vis = path.with_name(path.stem + "_mattes.png")
     visualise(run, split, gt, vis, args.threads)
     print(f"plot: {path}; mattes: {vis}")
