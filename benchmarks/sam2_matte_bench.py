@@ -1,16 +1,17 @@
 """SAM2-Matte on CPU: does the tiny model, trained on MA-V made by our own job, matte better than the
 binary mask it is prompted with?
 
-    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 800] [--eval-every 100]
+    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 1200] [--eval-every 300]
 
 1. a synthetic SA-V split with ground-truth alpha (``pipeline.synth``);
 2. MA-V from it by the real job (``pipeline.run --matter guided`` on a local Ray cluster);
-3. ``train --model tiny`` on that MA-V, paused every ``--eval-every`` steps (``--stop-after``; each
+3. ``train --model tiny`` on that MA-V (8-frame clips, SAM 2's prompt recipe, no augmentation), paused every ``--eval-every`` steps (``--stop-after``; each
    chunk resumes the run exactly), and after each chunk ``eval`` on the same clips against the ground
    truth: SAM2-Matte (prompted with each clip's first-frame SA-V mask) vs the binary masks themselves
    and vs MA-V's own pseudo-labels.
 
-Prints MAD (x1e3) of each at each evaluation and writes a plot of the loss and MAD against steps.
+Prints MAD (x1e3) of each at each evaluation and writes a plot of the loss and MAD against steps (after
+every evaluation) and, at the end, a picture of the mattes (``<plot>_mattes.png``).
 Rerunning with the same --workdir reuses the data and continues the run (a larger --steps is a new run).
 """
 
@@ -174,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="build/sam2_matte_bench", help="data, MA-V, the run and the plot")
     p.add_argument("--videos", type=int, default=3, help="synthetic videos (60 frames, 15 annotated, each)")
     p.add_argument("--frames", type=int, default=60, help="video frames per synthetic video")
-    p.add_argument("--steps", type=int, default=800, help="training steps")
-    p.add_argument("--eval-every", type=int, default=100, help="evaluate after every N steps")
+    p.add_argument("--steps", type=int, default=1200, help="training steps (the lr schedule's length)")
+    p.add_argument("--eval-every", type=int, default=300, help="evaluate after every N steps")
     p.add_argument("--image-size", type=int, default=128, help="tiny model input size")
-    p.add_argument("--num-frames", type=int, default=4, help="frames per training clip")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames per training clip (SAM 2's 8; with 4, the temporal encodings of memories 3-6 frames "
+                        "back, used on the 15-frame tracks scored, are never trained)")
     p.add_argument("--batch-size", type=int, default=2, help="videos per step")
     p.add_argument("--augment", action="store_true", help="SAM 2's augmentations (off: fit these clips)")
     p.add_argument("--model", default="tiny", help="CPU model config (tiny, tiny-wide)")
