@@ -63,7 +63,8 @@ def run_name(cfg) -> str:
 
 
 def evaluate(run: Path, split: Path, gt: Path, threads: int) -> dict[str, float]:
-    """Overall MAD of SAM2-Matte (newest checkpoint), the mask and MA-V's matte on every clip."""
+    """Overall MAD of SAM2-Matte (newest checkpoint), the mask and MA-V's matte on every clip, and per
+    synthetic object (masklet id: 0 feathered ellipse, 1 hair-like strands, 2 motion-blurred box)."""
     import torch
 
     from models.sam2_matte import evaluate as ev
@@ -75,7 +76,13 @@ def evaluate(run: Path, split: Path, gt: Path, threads: int) -> dict[str, float]
         rep = ev.evaluate(load_model(str(run)), str(split), str(gt))
     finally:
         torch.set_num_threads(old)
-    return {m: s["mad"] for m, s in rep.overall.items()} | {"frames": rep.frames}
+    per: dict[str, dict[str, list]] = {}
+    for c in rep.clips:   # clip names end with the masklet id
+        for m, sc in c.methods.items():
+            per.setdefault(c.clip[-3:], {}).setdefault(m, []).append((sc["mad"], c.frames))
+    objects = {o: {m: sum(a * n for a, n in v) / max(1, sum(n for _, n in v)) for m, v in ms.items()}
+               | {"frames": sum(n for _, n in next(iter(ms.values())))} for o, ms in sorted(per.items())}
+    return {m: s["mad"] for m, s in rep.overall.items()} | {"frames": rep.frames, "objects": objects}
 
 
 def visualise(run: Path, split: Path, gt: Path, path: Path, threads: int, frames: tuple[int, ...] = (0, 4, 9, 14)) -> None:
@@ -242,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     if not evals:
         print("nothing to do")
         return 1
+    plot(read_metrics(str(run)), evals, path, title)
     e = evals[-1]
     print(f"SAM2-Matte (tiny, {e['step']} steps) MAD {e['sam2_matte']:.3f} vs binary mask MAD {e['mask']:.3f} "
           f"(ratio {e['sam2_matte'] / e['mask']:.2f}; MA-V pseudo-labels {e['mava']:.3f}) over {e['frames']} frames "
           f"of {args.videos} videos; beats the mask: {'yes' if e['sam2_matte'] < e['mask'] else 'no'}")
+    for o, ms in e.get("objects", {}).items():
+        print(f"  object {o}: SAM2-Matte MAD {ms['sam2_matte']:.2f} vs mask {ms['mask']:.2f} (MA-V {ms['mava']:.2f}) "
+              f"over {ms['frames']} frames")
     b = min(evals, key=lambda x: x["sam2_matte"])
     print(f"best: MAD {b['sam2_matte']:.3f} at step {b['step']}")
     vis = path.with_name(path.stem + "_mattes.png")
