@@ -98,10 +98,10 @@ def visualise(run: Path, split: Path, gt: Path, path: Path, threads: int, frames
 
     from mava.eval import gt_path, read_alpha_png
     from mava.manifest import as_split
+    from mava.schema import Col
     from models.sam2_matte import evaluate as ev
     from models.sam2_matte.model import Prompt, Tracker
     from models.sam2_matte.predict import load_model
-    from mava.schema import Col
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
