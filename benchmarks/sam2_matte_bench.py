@@ -1,16 +1,17 @@
 """SAM2-Matte on CPU: does the tiny model, trained on MA-V made by our own job, matte better than the
 binary mask it is prompted with?
 
-    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 800] [--eval-every 100]
+    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 1200] [--eval-every 300]
 
 1. a synthetic SA-V split with ground-truth alpha (``pipeline.synth``);
 2. MA-V from it by the real job (``pipeline.run --matter guided`` on a local Ray cluster);
-3. ``train --model tiny`` on that MA-V, paused every ``--eval-every`` steps (``--stop-after``; each
+3. ``train --model tiny`` on that MA-V (8-frame clips, SAM 2's prompt recipe, no augmentation), paused every ``--eval-every`` steps (``--stop-after``; each
    chunk resumes the run exactly), and after each chunk ``eval`` on the same clips against the ground
    truth: SAM2-Matte (prompted with each clip's first-frame SA-V mask) vs the binary masks themselves
    and vs MA-V's own pseudo-labels.
 
-Prints MAD (x1e3) of each at each evaluation and writes a plot of the loss and MAD against steps.
+Prints MAD (x1e3) of each at each evaluation and writes a plot of the loss and MAD against steps (after
+every evaluation) and, at the end, a picture of the mattes (``<plot>_mattes.png``).
 Rerunning with the same --workdir reuses the data and continues the run (a larger --steps is a new run).
 """
 
@@ -46,8 +47,24 @@ def make_mava(work: Path, videos: int, frames: int) -> tuple[Path, Path]:
     return out / "sav_train", split / synth.GT_DIR
 
 
+def run_name(cfg) -> str:
+    """The run folder of these training options (the same options continue the same run)."""
+    parts = [f"run_{cfg.steps}", cfg.model, str(cfg.resolution()), f"f{cfg.num_frames}", f"b{cfg.batch_size}"]
+    if cfg.augment:
+        parts.append("aug")
+    if cfg.mask_prompt_prob is not None:
+        parts.append(f"mask{cfg.mask_prompt_prob:g}")
+    if cfg.init_cond_frames is not None:
+        parts.append(f"cond{cfg.init_cond_frames}")
+    if cfg.lr is not None:
+        parts.append(f"lr{cfg.lr:g}")
+    parts += [f"{k[5:]}{v:g}" for k, v in sorted(cfg.loss_weights.items())]
+    return "_".join(parts)
+
+
 def evaluate(run: Path, split: Path, gt: Path, threads: int) -> dict[str, float]:
-    """Overall MAD of SAM2-Matte (newest checkpoint), the mask and MA-V's matte on every clip."""
+    """Overall MAD of SAM2-Matte (newest checkpoint), the mask and MA-V's matte on every clip, and per
+    synthetic object (masklet id: 0 feathered ellipse, 1 hair-like strands, 2 motion-blurred box)."""
     import torch
 
     from models.sam2_matte import evaluate as ev
@@ -59,7 +76,73 @@ def evaluate(run: Path, split: Path, gt: Path, threads: int) -> dict[str, float]
         rep = ev.evaluate(load_model(str(run)), str(split), str(gt))
     finally:
         torch.set_num_threads(old)
-    return {m: s["mad"] for m, s in rep.overall.items()} | {"frames": rep.frames}
+    per: dict[str, dict[str, list]] = {}
+    for c in rep.clips:   # clip names end with the masklet id
+        for m, sc in c.methods.items():
+            per.setdefault(c.clip[-3:], {}).setdefault(m, []).append((sc["mad"], c.frames))
+    objects = {o: {m: sum(a * n for a, n in v) / max(1, sum(n for _, n in v)) for m, v in ms.items()}
+               | {"frames": sum(n for _, n in next(iter(ms.values())))} for o, ms in sorted(per.items())}
+    return {m: s["mad"] for m, s in rep.overall.items()} | {"frames": rep.frames, "objects": objects}
+
+
+def visualise(run: Path, split: Path, gt: Path, path: Path, threads: int, frames: tuple[int, ...] = (0, 4, 9, 14)) -> None:
+    """A picture of every clip at a few annotated frames: the frame, the ground truth, the SA-V mask, MA-V's
+    matte and SAM2-Matte's (newest checkpoint), with each one's MAD x1e3 on that frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import fsspec
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from mava.eval import gt_path, read_alpha_png
+    from mava.manifest import as_split
+    from mava.schema import Col
+    from models.sam2_matte import evaluate as ev
+    from models.sam2_matte.model import Prompt, Tracker
+    from models.sam2_matte.predict import load_model
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    tracker = Tracker(load_model(str(run)))
+    sp = as_split(str(split))
+    gfs = fsspec.filesystem("file")
+    panels = []
+    try:
+        for name, rows in ev.clips(str(split)):
+            anns, fr, mava_a, masks = ev.read_clip(sp, rows)
+            first = next((i for i in range(len(anns)) if masks[i].any()), None)
+            if first is None:
+                continue
+            preds = list(tracker.run(fr[first:], Prompt(mask=masks[first]), len(anns) - first))
+            for j in frames:
+                k = first + j
+                if k >= len(anns):
+                    continue
+                p = gt / gt_path(rows[0][Col.VIDEO_ID], rows[0][Col.MASKLET_ID], anns[k])
+                g = read_alpha_png(gfs, str(p)) if p.exists() else np.zeros(masks[k].shape)
+                panels.append((f"{name} t={j}", fr[k], g, masks[k].astype(float), mava_a[k] / 255.0, preds[k - first]))
+    finally:
+        torch.set_num_threads(old)
+    cols = ("frame", "ground truth", "SA-V mask", "MA-V matte", "SAM2-Matte")
+    fig, axes = plt.subplots(len(panels), 5, figsize=(10, 1.9 * len(panels) * max(1, fr.shape[1] / fr.shape[2]) + 0.5),
+                             squeeze=False)
+    for r, (label, f, g, *alphas) in enumerate(panels):
+        axes[r, 0].imshow(f)
+        axes[r, 0].set_ylabel(label, fontsize=6)
+        axes[r, 1].imshow(g, cmap="gray", vmin=0, vmax=1)
+        for c, a in enumerate(alphas, start=2):
+            axes[r, c].imshow(a, cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_xlabel(f"MAD {1e3 * np.abs(a - g).mean():.1f}", fontsize=6, labelpad=1)
+        for c in range(5):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(cols[c], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot(rows: list[dict], evals: list[dict], path: Path, title: str) -> None:
@@ -99,12 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="build/sam2_matte_bench", help="data, MA-V, the run and the plot")
     p.add_argument("--videos", type=int, default=3, help="synthetic videos (60 frames, 15 annotated, each)")
     p.add_argument("--frames", type=int, default=60, help="video frames per synthetic video")
-    p.add_argument("--steps", type=int, default=800, help="training steps")
-    p.add_argument("--eval-every", type=int, default=100, help="evaluate after every N steps")
+    p.add_argument("--steps", type=int, default=1200, help="training steps (the lr schedule's length)")
+    p.add_argument("--eval-every", type=int, default=300, help="evaluate after every N steps")
     p.add_argument("--image-size", type=int, default=128, help="tiny model input size")
-    p.add_argument("--num-frames", type=int, default=4, help="frames per training clip")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames per training clip (SAM 2's 8; with 4, the temporal encodings of memories 3-6 frames "
+                        "back, used on the 15-frame tracks scored, are never trained)")
     p.add_argument("--batch-size", type=int, default=2, help="videos per step")
     p.add_argument("--augment", action="store_true", help="SAM 2's augmentations (off: fit these clips)")
+    p.add_argument("--model", default="tiny", help="CPU model config (tiny, tiny-wide)")
+    p.add_argument("--mask-prompt-prob", type=float, default=None,
+                   help="train --mask-prompt-prob (default SAM 2's 0.5; 1 = always the first-frame mask, as eval)")
+    p.add_argument("--init-cond-frames", type=int, default=None, help="train --init-cond-frames (default SAM 2's 2)")
+    p.add_argument("--lr", type=float, default=None, help="train --lr and --vision-lr (default the tiny recipe's 1e-3)")
+    p.add_argument("--loss-weight", action="append", default=[], metavar="NAME=W", help="train --loss-weight")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     p.add_argument("--plot", help="plot path (default <workdir>/sam2_matte_bench.png)")
     args = p.parse_args(argv)
@@ -118,17 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     split, gt = make_mava(work, args.videos, args.frames)
-    run = work / f"run_{args.steps}"
-    cfg = TrainConfig(data=[str(split)], out=str(run), model="tiny", image_size=args.image_size, steps=args.steps,
+    weights = {("loss_" + k if not k.startswith("loss_") else k): float(v)
+               for k, _, v in (w.partition("=") for w in args.loss_weight)}
+    cfg = TrainConfig(data=[str(split)], out="", model=args.model, image_size=args.image_size, steps=args.steps,
                       batch_size=args.batch_size, num_frames=args.num_frames, augment=args.augment,
+                      mask_prompt_prob=args.mask_prompt_prob, init_cond_frames=args.init_cond_frames,
+                      lr=args.lr, vision_lr=args.lr, loss_weights=weights,
                       ckpt_every=args.eval_every, keep=1, log_every=5, loader_workers=1, threads=args.threads,
                       progress=False)
+    run = work / run_name(cfg)
+    cfg.out = str(run)
     evals_file = run / "bench_evals.json"
     evals = json.loads(evals_file.read_text()) if evals_file.exists() else []
     print(f"{'step':>6} {'loss':>10} {'SAM2-Matte MAD':>15} {'mask MAD':>9} {'MA-V MAD':>9} {'s/step':>7}")
     for e in evals:
         print(f"{e['step']:6d} {e['loss']:10.3f} {e['sam2_matte']:15.3f} {e['mask']:9.3f} {e['mava']:9.3f} {e['sec']:7.2f}")
     done = evals[-1]["step"] if evals else 0
+    path = Path(args.plot) if args.plot else work / "sam2_matte_bench.png"
+    prompts = ("first-frame mask prompts" if args.mask_prompt_prob == 1 and args.init_cond_frames == 1
+               else "SAM 2's prompt recipe")
+    title = (f"SAM2-Matte {args.model} on MA-V ({args.videos} synthetic videos, guided matter), CPU, "
+             f"{args.image_size}px, {args.num_frames}-frame clips, {prompts}")
     for stop in range(done + args.eval_every, args.steps + args.eval_every, args.eval_every):
         stop = min(stop, args.steps)
         t0 = time.time()
@@ -144,17 +245,23 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         done = stop
         del last
+        plot(read_metrics(str(run)), evals, path, title)   # after every evaluation: a stopped run has one too
     if not evals:
         print("nothing to do")
         return 1
+    plot(read_metrics(str(run)), evals, path, title)
     e = evals[-1]
-    path = Path(args.plot) if args.plot else work / "sam2_matte_bench.png"
-    plot(read_metrics(str(run)), evals, path,
-         f"SAM2-Matte tiny on MA-V ({args.videos} synthetic videos, guided matter), CPU, {args.image_size}px")
     print(f"SAM2-Matte (tiny, {e['step']} steps) MAD {e['sam2_matte']:.3f} vs binary mask MAD {e['mask']:.3f} "
           f"(ratio {e['sam2_matte'] / e['mask']:.2f}; MA-V pseudo-labels {e['mava']:.3f}) over {e['frames']} frames "
           f"of {args.videos} videos; beats the mask: {'yes' if e['sam2_matte'] < e['mask'] else 'no'}")
-    print(f"plot: {path}")
+    for o, ms in e.get("objects", {}).items():
+        print(f"  object {o}: SAM2-Matte MAD {ms['sam2_matte']:.2f} vs mask {ms['mask']:.2f} (MA-V {ms['mava']:.2f}) "
+              f"over {ms['frames']} frames")
+    b = min(evals, key=lambda x: x["sam2_matte"])
+    print(f"best: MAD {b['sam2_matte']:.3f} at step {b['step']}")
+    vis = path.with_name(path.stem + "_mattes.png")
+    visualise(run, split, gt, vis, args.threads)
+    print(f"plot: {path}; mattes: {vis}")
     return 0
 
 

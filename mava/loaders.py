@@ -17,7 +17,7 @@ import random
 import tarfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -266,10 +266,18 @@ class _BadSamples:
         self.epoch = epoch
 
 
-def _vouched_rows(split_dir: str | SplitDir, keys: set[str] | None, query: str | None, subset: str | None = None):
-    """(split folder, ok rows of its finished shards that the manifest vouches for, keys of duplicate
-    rows -> their shards): :class:`~mava.state.NotASplit` for a path that is not a split or has no
-    finished shard; an unreadable finished manifest raises :class:`~mava.folder.UnreadableFile`."""
+ROW_COLUMNS = (Col.KEY, Col.SHARD, Col.TAR_OFFSET, Col.TAR_SIZE, Col.NUM_FRAMES, Col.NUM_MEMBERS)
+"""The manifest columns the loaders keep of each ok row (what reading and vouching for a sample need)."""
+
+
+def vouched_rows(split_dir: str | SplitDir, keys: set[str] | None = None, query: str | None = None,
+                 subset: str | None = None, columns: Sequence[str] = ROW_COLUMNS):
+    """(split state, ok rows of its finished shards that the manifest vouches for (`columns` of each),
+    wanted keys or None for all, keys of duplicate rows -> their shards).
+
+    The wanted keys are `keys` narrowed by a manifest `query` and a named view `subset`; the rows are not
+    filtered by them. :class:`~mava.state.NotASplit` for a path that is not a split or has no finished
+    shard; an unreadable finished manifest raises :class:`~mava.folder.UnreadableFile`."""
     st = inspect_split(split_dir, need_finished=True)
     if st.unfinished:
         log.warning("%s: %d shard(s) without a done marker left out (unfinished): %s", st.url, len(st.unfinished),
@@ -283,10 +291,11 @@ def _vouched_rows(split_dir: str | SplitDir, keys: set[str] | None, query: str |
     if subset is not None:  # a named view (`mava filter`)
         view = subset_keys(st.dir, subset)
         keys = view if keys is None else keys & view
-    cols = (Col.KEY, Col.SHARD, Col.TAR_OFFSET, Col.TAR_SIZE, Col.NUM_FRAMES, Col.NUM_MEMBERS)
-    rows = [r for r in v.table.select([*cols, Col.STATUS]).to_pylist() if r[Col.STATUS] == schema.STATUS_OK]
-    for r in rows:
-        del r[Col.STATUS]
+    cols = list(dict.fromkeys([*columns, Col.STATUS]))
+    rows = [r for r in v.table.select(cols).to_pylist() if r[Col.STATUS] == schema.STATUS_OK]
+    if Col.STATUS not in columns:
+        for r in rows:
+            del r[Col.STATUS]
     return st, rows, keys, v.duplicates
 
 
@@ -339,7 +348,7 @@ class StreamingClips(_BadSamples, torch.utils.data.IterableDataset):
                  query: str | None = None, shuffle_shards: bool = True, shuffle_buffer: int = 0,
                  epoch: int = 0, on_error: str = "raise", subset: str | None = None):
         _BadSamples.__init__(self, on_error)
-        st, rows, keys, dups = _vouched_rows(split_dir, keys, query, subset)
+        st, rows, keys, dups = vouched_rows(split_dir, keys, query, subset)
         self.split = st.dir
         self.cfg = cfg or ClipConfig()
         self.keys = keys
@@ -464,7 +473,7 @@ class RandomAccessClips(_BadSamples, torch.utils.data.Dataset):
     def __init__(self, split_dir: str | SplitDir, cfg: ClipConfig | None = None, keys: set[str] | None = None,
                  query: str | None = None, epoch: int = 0, on_error: str = "raise", subset: str | None = None):
         _BadSamples.__init__(self, on_error)
-        st, rows, keys, _ = _vouched_rows(split_dir, keys, query, subset)
+        st, rows, keys, _ = vouched_rows(split_dir, keys, query, subset)
         self.split = st.dir
         self.cfg = cfg or ClipConfig()
         self.rows = [r for r in rows if keys is None or r[Col.KEY] in keys]

@@ -223,6 +223,34 @@ def test_prompts_come_from_binarised_alpha(mava):
                 assert hard[0, o, y, x]
 
 
+def test_first_frame_mask_recipe_trains_what_eval_does(mava, tmp_path):
+    """--mask-prompt-prob 1 --init-cond-frames 1: every video is prompted with its first frame's mask
+    only (no click, box or correction), as predict and eval prompt; bad values are one-line errors."""
+    cfg = tiny_cfg(mava[0], tmp_path / "r", mask_prompt_prob=1.0, init_cond_frames=1)
+    r = cfg.recipe()
+    assert r.prob_to_use_pt_input_for_train == 0.0 and r.num_init_cond_frames_for_train == 1
+    assert cfg.fingerprint() != tiny_cfg(mava[0], tmp_path / "r").fingerprint()
+    ds = data.MattingMix([data.open_source(str(mava[0]))], None,
+                         data.SamplerConfig(num_frames=3, max_num_objects=2, resolution=SIZE), seed=1)
+    b = data.collate([ds[0], ds[1]])
+    net = model.build_model("tiny", SIZE, r).train()
+    for seed in range(8):
+        net.rng = np.random.default_rng(seed)
+        out = net.prepare_prompt_inputs({}, b)
+        assert out["init_cond_frames"] == [0] and out["frames_to_add_correction_pt"] == []
+        assert list(out["mask_inputs_per_frame"]) == [0] and not out["point_inputs_per_frame"]
+    for bad in ({"mask_prompt_prob": 1.5}, {"init_cond_frames": 4}):
+        with pytest.raises(ValueError, match="must be in"):
+            tiny_cfg(mava[0], tmp_path / "r", **bad).check()
+
+
+def test_tiny_wide_is_the_same_sam2_wider():
+    """``tiny-wide``: the tiny structure at twice the width (same SAM 2 parameter names, more of them)."""
+    a, w = model.build_model("tiny", SIZE).state_dict(), model.build_model("tiny-wide", SIZE).state_dict()
+    assert list(a) == list(w)
+    assert sum(v.numel() for v in w.values()) > 1.8 * sum(v.numel() for v in a.values())
+
+
 def test_mixing_by_weight_and_folder_data(mava, tmp_path):
     """An image-sequence matting folder mixes with MA-V at the given weight; rank/world split the draws."""
     from PIL import Image

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1; none on biases, LayerNorm)")
     t.add_argument("--grad-clip", type=float, help="gradient norm clip (default 0.1; tiny 1.0; 0 = off)")
     t.add_argument("--correction-clicks", type=int, help="correction clicks per corrected frame (default 7; tiny 2)")
+    t.add_argument("--mask-prompt-prob", type=float,
+                   help="probability that a video is prompted with its mask rather than a click or box (default "
+                        "0.5, SAM 2's; 1 trains exactly what predict/eval do: a first-frame mask, then tracking)")
+    t.add_argument("--init-cond-frames", type=int,
+                   help="prompted frames per video: the first plus up to N-1 random others (default 2, SAM 2's)")
     t.add_argument("--loss-weight", action="append", type=_loss_weight, default=[], metavar="NAME=W",
                    help="loss term weight: l1 (20), lap (2), grad (0), bce (20), iou (1), class (1)")
     t.add_argument("--seed", type=int, default=0, help="seed of the data order, transforms, prompts, dropout")
@@ -140,7 +145,8 @@ def _command(args: argparse.Namespace) -> int:
             image_size=args.image_size, steps=args.steps, stop_after=args.stop_after, batch_size=args.batch_size,
             num_frames=args.num_frames, max_objects=args.max_objects, augment=not args.no_augment, lr=args.lr,
             vision_lr=args.vision_lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-            correction_clicks=args.correction_clicks, loss_weights=dict(args.loss_weight), seed=args.seed,
+            correction_clicks=args.correction_clicks, mask_prompt_prob=args.mask_prompt_prob,
+            init_cond_frames=args.init_cond_frames, loss_weights=dict(args.loss_weight), seed=args.seed,
             ckpt_every=args.ckpt_every, keep=args.keep, log_every=args.log_every, loader_workers=args.loader_workers,
             workers=args.workers, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus,
             max_failures=args.max_failures, device=args.device, threads=args.threads, progress=not args.no_progress,

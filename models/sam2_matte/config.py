@@ -47,19 +47,20 @@ class Variant:
     overrides: dict = field(default_factory=dict)   # merged into the config's ``model`` node
 
 
-def _tiny_overrides(size: int) -> dict:
-    """SAM 2.1 Hiera-T's structure at toy width (0.65M parameters): every module SAM 2 has, so
-    every code path (memory, object pointers, multimask, high-res features) runs on a CPU."""
-    d, m = 32, 16   # model width, memory width
+def _tiny_overrides(size: int, width: int = 1) -> dict:
+    """SAM 2.1 Hiera-T's structure at toy width (0.65M parameters; ``width`` 2: 2.4M): every module
+    SAM 2 has, so every code path (memory, object pointers, multimask, high-res features) runs on a CPU."""
+    d, m, e = 32 * width, 16 * width, 8 * width   # model width, memory width, Hiera's first-stage width
     feat = [size // 16, size // 16]
     return {
         "image_encoder": {
-            "trunk": {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3],
+            "trunk": {"embed_dim": e, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3],
                       "window_pos_embed_bkg_spatial_size": [4, 4], "window_spec": [8, 4, 4, 2]},
-            "neck": {"d_model": d, "backbone_channel_list": [64, 32, 16, 8], "position_encoding": {"num_pos_feats": d}},
+            "neck": {"d_model": d, "backbone_channel_list": [8 * e, 4 * e, 2 * e, e],
+                     "position_encoding": {"num_pos_feats": d}},
         },
         "memory_attention": {"d_model": d, "num_layers": 1, "layer": {
-            "d_model": d, "dim_feedforward": 64,
+            "d_model": d, "dim_feedforward": 2 * d,
             "self_attention": {"embedding_dim": d, "feat_sizes": feat},
             "cross_attention": {"embedding_dim": d, "feat_sizes": feat, "kv_in_dim": m}}},
         "memory_encoder": {"out_dim": m, "in_dim": d, "position_encoding": {"num_pos_feats": m},
@@ -79,6 +80,8 @@ def _published() -> dict[str, Variant]:
 TINY_SIZE = 128
 VARIANTS: dict[str, Variant] = {
     "tiny": Variant("tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", None, TINY_SIZE, _tiny_overrides(TINY_SIZE)),
+    "tiny-wide": Variant("tiny-wide", "configs/sam2.1/sam2.1_hiera_t.yaml", None, TINY_SIZE,
+                         _tiny_overrides(TINY_SIZE, width=2)),
     **_published(),
 }
 
@@ -131,6 +134,6 @@ def default_recipe(model: str) -> Recipe:
     """SAM 2's fine-tuning recipe; for ``tiny`` (random init, CPU) a from-scratch one: larger learning
     rate and clip, fewer correction clicks (each is a full decoder pass)."""
     r = Recipe()
-    if model == "tiny":
+    if model.startswith("tiny"):
         r = replace(r, lr=1e-3, vision_lr=1e-3, grad_clip=1.0, num_correction_pt_per_frame=2)
     return r

@@ -34,12 +34,10 @@ import torch.nn.functional as F
 from PIL import Image
 from training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaData
 
-from mava import manifest as mf
 from mava import schema
-from mava.loaders import SharedCount, choose_indices
+from mava.loaders import ROW_COLUMNS, SharedCount, choose_indices, vouched_rows
 from mava.sample import DECODE_ERRORS, SampleError, decode_sample, has_frames
 from mava.schema import Col
-from mava.state import inspect_split, vouched_manifest
 from models.sam2_matte.model import IMG_MEAN, PROMPT_THRESHOLD, normalize
 
 log = logging.getLogger(__name__)
@@ -47,6 +45,8 @@ log = logging.getLogger(__name__)
 VISIBLE = int(PROMPT_THRESHOLD * 255)   # uint8 alpha above this counts as visible
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 FOLDER_FRAMES, FOLDER_ALPHA = "frames", "alpha"
+# manifest columns a video's sampling needs, beside those reading a sample needs
+MAVA_COLUMNS = (*ROW_COLUMNS, Col.VIDEO_ID, Col.SOURCE, Col.MASKLET_ID, Col.START, Col.ANN_FRAMES)
 
 
 @dataclass
@@ -93,15 +93,11 @@ class MavaVideos:
 
     def __init__(self, url: str, query: str | None = None):
         self.url = url
-        state = inspect_split(url, need_finished=True)
+        state, rows, keys, _ = vouched_rows(url, query=query, columns=MAVA_COLUMNS)
         self.split = state.dir
-        vouched = vouched_manifest(state)   # only rows that finished shards' done markers vouch for
-        if vouched.unreadable:
-            raise vouched.unreadable[0]
-        keys = set(mf.query_keys(self.split, query)) if query else None
         groups: dict[str, list[dict]] = defaultdict(list)
-        for r in vouched.table.to_pylist():
-            if r[Col.STATUS] == schema.STATUS_OK and (keys is None or r[Col.KEY] in keys):
+        for r in rows:
+            if keys is None or r[Col.KEY] in keys:
                 groups[r[Col.VIDEO_ID]].append(r)
         if not groups:
             raise ValueError(f"{url}: no ok samples in complete shards" + (f" matching {query!r}" if query else ""))

@@ -67,6 +67,8 @@ class TrainConfig:
     weight_decay: float | None = None
     grad_clip: float | None = None
     correction_clicks: int | None = None
+    mask_prompt_prob: float | None = None
+    init_cond_frames: int | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     ckpt_every: int = 100
@@ -87,7 +89,10 @@ class TrainConfig:
         r = mcfg.default_recipe(self.model)
         over = {k: v for k, v in (("lr", self.lr), ("vision_lr", self.vision_lr), ("weight_decay", self.weight_decay),
                                   ("grad_clip", self.grad_clip),
-                                  ("num_correction_pt_per_frame", self.correction_clicks)) if v is not None}
+                                  ("num_correction_pt_per_frame", self.correction_clicks),
+                                  ("num_init_cond_frames_for_train", self.init_cond_frames)) if v is not None}
+        if self.mask_prompt_prob is not None:
+            over["prob_to_use_pt_input_for_train"] = 1.0 - self.mask_prompt_prob
         return replace(r, **over)
 
     def resolution(self) -> int:
@@ -102,13 +107,17 @@ class TrainConfig:
     def check(self) -> None:
         """Option errors a user can fix, as one-line ValueErrors."""
         mcfg.variant(self.model)
-        if self.model != "tiny" and not self.init:
+        if mcfg.variant(self.model).checkpoint is not None and not self.init:
             log.warning("training %s from random weights (no --init checkpoint)", self.model)
         if self.weights is not None and len(self.weights) != len(self.data):
             raise ValueError(f"--weight given {len(self.weights)} times for {len(self.data)} --data")
         for name in ("steps", "batch_size", "num_frames", "max_objects", "ckpt_every", "log_every", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.mask_prompt_prob is not None and not 0.0 <= self.mask_prompt_prob <= 1.0:
+            raise ValueError("--mask-prompt-prob must be in 0..1")
+        if self.init_cond_frames is not None and not 1 <= self.init_cond_frames <= self.num_frames:
+            raise ValueError("--init-cond-frames must be in 1..--num-frames")
         if self.stop_after is not None and not 0 < self.stop_after <= self.steps:
             raise ValueError("--stop-after must be in 1..--steps")
         if self.resolution() % 32:
