@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PING_PERIOD_S = 2.0          # how often an actor that is down (or a writer) is asked whether it is up
 WRITER_PING_PERIOD_S = 5.0
+HAND_OVER_S = 1.0            # an encode task hands its samples to the writer at least this often
 
 
 @dataclass
@@ -376,18 +377,25 @@ def _settle(entry: tuple, out: VideoOutcome) -> None:
 
 def deliver(encode: Callable, encode_args: tuple, chunk, results, writer, index: int, attempt: int
             ) -> tuple[int, str | None]:
-    """Encode a chunk after its matter, a sample at a time, handing each to its shard writer as it is
-    done (the writer's count is the driver's sign of progress): (items, writer error)."""
+    """Encode a chunk after its matter, a sample at a time, handing the samples to its shard writer at
+    least every ``HAND_OVER_S`` seconds (a slow encode shows progress in the writer's count, the driver's
+    sign of it; a fast one makes one call per chunk): (items, writer error)."""
     if len(results) != len(chunk.items):
         encode(chunk, results, *encode_args)        # the step's own error for a wrong count
         raise ValueError(f"{len(results)} matter results for a chunk of {len(chunk.items)}")
-    adds = [writer.add.remote(index, attempt, *encode(Chunk(chunk.video_id, [item]), [result], *encode_args))
-            for item, result in zip(chunk.items, results)]
+    adds, done, last = [], [], time.monotonic()
+    for item, result in zip(chunk.items, results):
+        done += encode(Chunk(chunk.video_id, [item]), [result], *encode_args)
+        if time.monotonic() - last >= HAND_OVER_S:
+            adds.append(writer.add.remote(index, attempt, *done))
+            done, last = [], time.monotonic()
+    if done:
+        adds.append(writer.add.remote(index, attempt, *done))
     try:
         ray.get(adds)
     except ray.exceptions.RayError as exc:
-        return len(adds), _reason(exc)
-    return len(adds), None
+        return len(chunk.items), _reason(exc)
+    return len(chunk.items), None
 
 
 # --- the scheduling loop --------------------------------------------------------------------------
