@@ -5,8 +5,8 @@ writers, and runs the scheduling loop that hands whole videos to video tasks:
 
 It knows the steps only through ``pipeline.protocol``. The driver never sees a chunk: a video task reads
 its video and, per chunk, submits the matter on its actor and, chained behind it, an encode task that
-hands the samples to the shard's writer itself; the driver gets two small items per video (the header
-with the planned keys, then an outcome), so its work is per video, not per chunk or segment. Bounded
+hands the samples to the shard's writer itself; the driver gets three small items per video (the header
+with the planned keys, "read", then an outcome), so its work is per video, not per chunk or segment. Bounded
 queues keep the object store bounded: at most ``read_ahead`` video tasks feed each actor, and each
 video task keeps at most ``queue_depth`` of its chunks queued on the actor.
 
@@ -293,13 +293,19 @@ class VideoOutcome:
     writer_error: str | None = None
 
 
+@dataclass
+class VideoRead:
+    """The middle item of a video task's stream: its video is read (every chunk submitted); what is left
+    is waiting for the matter and the encoders, so its actor may take the next video meanwhile."""
+
+
 def run_video(read: Callable, read_args: tuple, lost: Callable, deliver_task, queue_depth: int, ref, start_chunk: int,
               actor, writer, index: int, attempt: int) -> Iterator:
-    """The stream of one video task: its VideoHeader, then a :class:`VideoOutcome`.
+    """The stream of one video task: its VideoHeader, :class:`VideoRead`, then a :class:`VideoOutcome`.
 
     Reads the video (chunks from ``start_chunk`` on) and, per chunk, submits the matter on ``actor`` and,
     chained behind it, an encode task that hands the samples to the shard's writer itself: the driver
-    sees two small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
+    sees three small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
     the actor. A reader that raises is bad input of its video, as ``read_video`` treats an unexpected
     error: the keys it did not deliver become failed rows (``lost`` with the exception)."""
     out = VideoOutcome()
@@ -348,6 +354,7 @@ def run_video(read: Callable, read_args: tuple, lost: Callable, deliver_task, qu
             matting = ray.wait(matting, num_returns=1, fetch_local=False)[1]
         while len(delivering) > 2 * queue_depth:
             _settle(delivering.pop(0), out)
+    yield VideoRead()
     while delivering:
         _settle(delivering.pop(0), out)
     try:
@@ -415,7 +422,8 @@ class _Actor:
     index: int
     handle: Any
     state: str = "up"                 # up | down (restarting or unreachable) | dead (for good)
-    load: int = 0                     # video tasks feeding it
+    load: int = 0                     # video tasks reading for it
+    finishing: int = 0                # video tasks done reading, waiting for its mattes and their encoders
     ping: Any = None
     next_ping: float = 0.0
     why: str = ""
@@ -457,6 +465,7 @@ class _Video:
 class _Task:
     video: _Video
     actor: _Actor
+    reading: bool = True
 
 
 class Executor:
@@ -523,7 +532,7 @@ class Executor:
 
 class _Loop:
     """The driver's scheduling loop of one :meth:`Executor.run`: it hands whole videos to video tasks
-    (one per video, bound to a matter actor) and sees two small items per video, never a chunk."""
+    (one per video, bound to a matter actor) and sees three small items per video, never a chunk."""
 
     def __init__(self, ex: Executor, tasks: list[ShardTask]):
         steps, res = ex.steps, ex.res
@@ -599,15 +608,19 @@ class _Loop:
             shard.open_videos += 1
             return _Video(shard, ref)
 
+    def _has_room(self, a: _Actor) -> bool:
+        """At most ``read_ahead`` videos being read for an actor, and as many more waiting for it to finish."""
+        return a.load < self.res.read_ahead and a.load + a.finishing < 2 * self.res.read_ahead
+
     def _room(self) -> bool:
-        return any(a.state == "up" and a.load < self.res.read_ahead for a in self.actors)
+        return any(a.state == "up" and self._has_room(a) for a in self.actors)
 
     def _pick(self, video: _Video) -> _Actor | None:
         """The least-loaded actor that is up and has room; one the video already failed on only when no
         other actor is up at all (a lone actor that restarted)."""
         up = [a for a in self.actors if a.state == "up"]
         fresh = [a for a in up if a.index not in video.failed_on] or up
-        room = [a for a in fresh if a.load < self.res.read_ahead]
+        room = [a for a in fresh if self._has_room(a)]
         return min(room, key=lambda a: a.load) if room else None
 
     def _submit(self, video: _Video, actor: _Actor) -> None:
@@ -652,12 +665,21 @@ class _Loop:
                 video.counted = True
                 video.shard.expected += len(item.keys) + len(item.failures)
             return
+        if isinstance(item, VideoRead):
+            if task.reading:
+                task.reading = False
+                task.actor.load -= 1
+                task.actor.finishing += 1
+            return
         self._forget(gen, task)
         self._outcome(task, item)
 
     def _forget(self, gen, task: _Task) -> None:
         if self.tasks.pop(gen, None) is not None:
-            task.actor.load -= 1
+            if task.reading:
+                task.actor.load -= 1
+            else:
+                task.actor.finishing -= 1
             task.video.shard.open_videos -= 1
 
     def _task_ended(self, gen, task: _Task, exc: BaseException) -> None:
@@ -840,14 +862,17 @@ class _Loop:
         matter actor, a commit). Asked only when nothing else progressed for ``stall_timeout``."""
         if any(s.writer.alive for s in self.committing.values()):
             return True
-        asked = [a for a in self.actors if a.state == "up" and a.load > 0]
-        if not asked:
-            return False
-        try:
-            running = ray.get([a.handle.running.remote() for a in asked], timeout=10)
-        except (ray.exceptions.RayError, TimeoutError):
-            return False
-        return any(running)
+        refs = [a.handle.running.remote() for a in self.actors if a.state == "up" and a.load + a.finishing > 0]
+        answered, late = ray.wait(refs, num_returns=len(refs), timeout=10) if refs else ([], [])
+        if late:        # every thread of the actor is in a chunk (a long first call: compile, autotune)
+            return True
+        for ref in answered:
+            try:
+                if ray.get(ref):
+                    return True
+            except ray.exceptions.RayError:
+                continue
+        return False
 
     def waiting_for(self) -> str:
         """What the run waits for, in one line."""

@@ -102,6 +102,14 @@ class Doubler:
     def __init__(self, mode: str = "ok", marker: str = "", fail_keys: tuple = ()):
         self.mode, self.marker, self.fail_keys = mode, marker, fail_keys
         self.calls = 0
+        self.in_refine = 0
+
+    def refine(self, chunk: Chunk) -> list:
+        self.in_refine += 1
+        try:
+            return self._refine(chunk)
+        finally:
+            self.in_refine -= 1
 
     def fingerprint(self) -> dict:
         return {"matter": "doubler", "mode": self.mode}
@@ -110,7 +118,7 @@ class Doubler:
         return True
 
     def running(self) -> int:
-        return 0
+        return self.in_refine
 
     def info(self) -> dict:
         return {"pid": os.getpid()}
@@ -118,7 +126,7 @@ class Doubler:
     def stats(self) -> dict:
         return {"calls": self.calls, "busy_s": 0.0, "idle_s": 0.0}
 
-    def refine(self, chunk: Chunk) -> list:
+    def _refine(self, chunk: Chunk) -> list:
         if self.mode == "doomed":
             # the first actor to matte a chunk is doomed: every process of it (restarts too) exits on
             # each chunk it gets; each life writes "<actor id> <pid> <video id>" to ``marker``.trace
@@ -135,6 +143,8 @@ class Doubler:
                 with open(self.marker + ".trace", "a") as f:
                     f.write(f"{me} {os.getpid()} {chunk.video_id}\n")
                 os._exit(1)
+        if self.mode == "slow_first" and self.calls == 0:   # a long first call (a compile): marker = seconds
+            time.sleep(float(self.marker))
         if self.mode == "die" or (self.mode == "die_once" and not os.path.exists(self.marker)):
             if self.mode == "die_once":
                 with open(self.marker, "w") as f:
@@ -478,3 +488,12 @@ def test_a_hung_encode_ends_the_run_as_stalled(ray_session):
     assert result.done == {} and result.redone == {}
     assert result.stalled is not None and "1 video task(s)" in result.stalled
     assert result.failed == {0: f"stalled ({result.stalled})"}
+
+
+def test_a_long_first_chunk_on_an_actor_is_work_not_a_stall(ray_session):
+    """The actor's first chunk takes longer than --stall-timeout (a compile) while nothing else moves:
+    the watchdog asks the actors whether a chunk runs, and waits."""
+    tasks = [ShardTask(0, (Video("s0v0", 0, 4),), {"videos": ["s0v0"]})]
+    result = run_steps(tasks, ReadCfg(chunk=2), matter_args=("slow_first", "10"), stall_timeout=5.0)
+    assert_all_done(result, tasks)
+    assert result.wall_s > 5
