@@ -293,6 +293,17 @@ class VideoOutcome:
     writer_error: str | None = None
 
 
+def _poll(refs: list, n: int | None = None) -> None:
+    """Wait until ``n`` (default all) of ``refs`` are ready, polling: a blocking ``ray.get``/``ray.wait``
+    in a task hands its CPU back to the scheduler, which then starts more encode tasks, each a worker
+    process (on a small node, worker processes were started and killed over and over)."""
+    n = len(refs) if n is None else n
+    pause = 0.001
+    while len(ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)[0]) < n:
+        time.sleep(pause)
+        pause = min(0.05, pause * 2)
+
+
 @dataclass
 class VideoRead:
     """The middle item of a video task's stream: its video is read (every chunk submitted); what is left
@@ -350,14 +361,16 @@ def run_video(read: Callable, read_args: tuple, lost: Callable, deliver_task, qu
         delivering.append((c, deliver_task.remote(chunk_ref, results, writer, index, attempt)))
         matting.append(results)
         c += 1
-        while len(matting) >= queue_depth:       # backpressure: this video's chunks queued on the actor
-            matting = ray.wait(matting, num_returns=1, fetch_local=False)[1]
-        while len(delivering) > 2 * queue_depth:
+        if len(matting) >= queue_depth:          # backpressure: this video's chunks queued on the actor
+            _poll(matting, len(matting) - queue_depth + 1)
+            matting = ray.wait(matting, num_returns=len(matting), timeout=0, fetch_local=False)[1]
+        while len(delivering) > queue_depth:     # and encodes in flight (each an encode task, a worker process)
             _settle(delivering.pop(0), out)
     yield VideoRead()
     while delivering:
         _settle(delivering.pop(0), out)
     try:
+        _poll(adds)
         ray.get(adds)
     except ray.exceptions.RayError as exc:
         out.writer_error = out.writer_error or _reason(exc)
@@ -368,6 +381,7 @@ def _settle(entry: tuple, out: VideoOutcome) -> None:
     """Wait for one chunk's delivery and record how it went in ``out``."""
     c, ref = entry
     try:
+        _poll([ref])
         n, writer_error = ray.get(ref)
     except ray.exceptions.RayActorError as exc:     # the matter actor died or is restarting
         out.resume = c if out.resume is None else min(out.resume, c)
@@ -399,6 +413,7 @@ def deliver(encode: Callable, encode_args: tuple, chunk, results, writer, index:
     if done:
         adds.append(writer.add.remote(index, attempt, *done))
     try:
+        _poll(adds)
         ray.get(adds)
     except ray.exceptions.RayError as exc:
         return len(chunk.items), _reason(exc)
@@ -609,8 +624,8 @@ class _Loop:
             return _Video(shard, ref)
 
     def _has_room(self, a: _Actor) -> bool:
-        """At most ``read_ahead`` videos being read for an actor, and as many more waiting for it to finish."""
-        return a.load < self.res.read_ahead and a.load + a.finishing < 2 * self.res.read_ahead
+        """At most ``read_ahead`` videos being read for an actor, and one more waiting for it to finish."""
+        return a.load < self.res.read_ahead and a.load + a.finishing <= self.res.read_ahead
 
     def _room(self) -> bool:
         return any(a.state == "up" and self._has_room(a) for a in self.actors)
