@@ -310,8 +310,8 @@ class VideoRead:
     is waiting for the matter and the encoders, so its actor may take the next video meanwhile."""
 
 
-def run_video(read: Callable, read_args: tuple, lost: Callable, deliver_task, queue_depth: int, ref, start_chunk: int,
-              actor, writer, index: int, attempt: int) -> Iterator:
+def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int, retries: int, ref,
+              start_chunk: int, actor, encoders: list, writer, index: int, attempt: int) -> Iterator:
     """The stream of one video task: its VideoHeader, :class:`VideoRead`, then a :class:`VideoOutcome`.
 
     Reads the video (chunks from ``start_chunk`` on) and, per chunk, submits the matter on ``actor`` and,
@@ -358,17 +358,19 @@ def run_video(read: Callable, read_args: tuple, lost: Callable, deliver_task, qu
         chunk_ref = ray.put(chunk)
         del chunk
         results = actor.refine.remote(chunk_ref)
-        delivering.append((c, deliver_task.remote(chunk_ref, results, writer, index, attempt)))
+        delivering.append(_Delivery(c, chunk_ref, results, encoders[0].deliver.remote(chunk_ref, results, writer, index,
+                                                                                    attempt)))
         matting.append(results)
         c += 1
         if len(matting) >= queue_depth:          # backpressure: this video's chunks queued on the actor
             _poll(matting, len(matting) - queue_depth + 1)
             matting = ray.wait(matting, num_returns=len(matting), timeout=0, fetch_local=False)[1]
-        while len(delivering) > queue_depth:     # and encodes in flight (each an encode task, a worker process)
-            _settle(delivering.pop(0), out)
+        while len(delivering) > queue_depth:     # and encodes in flight
+            _Sender(encoders, writer, index, attempt, retries, actor._actor_id.hex()).settle(delivering.pop(0), out)
     yield VideoRead()
+    send = _Sender(encoders, writer, index, attempt, retries, actor._actor_id.hex())
     while delivering:
-        _settle(delivering.pop(0), out)
+        send.settle(delivering.pop(0), out)
     try:
         _poll(adds)
         ray.get(adds)
@@ -377,23 +379,52 @@ def run_video(read: Callable, read_args: tuple, lost: Callable, deliver_task, qu
     yield out
 
 
-def _settle(entry: tuple, out: VideoOutcome) -> None:
-    """Wait for one chunk's delivery and record how it went in ``out``."""
-    c, ref = entry
-    try:
-        _poll([ref])
-        n, writer_error = ray.get(ref)
-    except ray.exceptions.RayActorError as exc:     # the matter actor died or is restarting
-        out.resume = c if out.resume is None else min(out.resume, c)
-        out.actor_error = out.actor_error or _reason(exc)
-        out.actor_dead = out.actor_dead or isinstance(exc, ray.exceptions.ActorDiedError)
-        return
-    except ray.exceptions.RayError as exc:          # the chunk's data or its encoder was lost
-        out.lost = out.lost or _reason(exc)
-        return
-    out.items += n
-    if writer_error is not None:
-        out.writer_error = out.writer_error or writer_error
+@dataclass
+class _Delivery:
+    chunk: int
+    chunk_ref: Any
+    results: Any
+    ref: Any
+    tries: int = 1
+
+
+@dataclass
+class _Sender:
+    """Settles a video task's deliveries; a delivery whose encoder process was lost (not the matter's
+    actor) is sent to the video's next encoder, up to ``retries`` times, then the chunk counts as lost."""
+
+    encoders: list
+    writer: Any
+    index: int
+    attempt: int
+    retries: int
+    matter_id: str
+
+    def settle(self, d: _Delivery, out: VideoOutcome) -> None:
+        while True:
+            try:
+                _poll([d.ref])
+                n, writer_error = ray.get(d.ref)
+            except ray.exceptions.RayActorError as exc:     # the matter actor died or is restarting, or the encoder
+                if getattr(exc, "actor_id", None) in (None, self.matter_id):
+                    out.resume = d.chunk if out.resume is None else min(out.resume, d.chunk)
+                    out.actor_error = out.actor_error or _reason(exc)
+                    out.actor_dead = out.actor_dead or isinstance(exc, ray.exceptions.ActorDiedError)
+                    return
+                if d.tries > self.retries:
+                    out.lost = out.lost or _reason(exc)     # its encoder died every time: the shard is redone
+                    return
+                enc = self.encoders[d.tries % len(self.encoders)]
+                d.tries += 1
+                d.ref = enc.deliver.remote(d.chunk_ref, d.results, self.writer, self.index, self.attempt)
+                continue
+            except ray.exceptions.RayError as exc:          # the chunk's data or its encoder was lost
+                out.lost = out.lost or _reason(exc)
+                return
+            out.items += n
+            if writer_error is not None:
+                out.writer_error = out.writer_error or writer_error
+            return
 
 
 def deliver(encode: Callable, encode_args: tuple, chunk, results, writer, index: int, attempt: int
@@ -418,6 +449,24 @@ def deliver(encode: Callable, encode_args: tuple, chunk, results, writer, index:
     except ray.exceptions.RayError as exc:
         return len(chunk.items), _reason(exc)
     return len(chunk.items), None
+
+
+class Encoder:
+    """An encoder process (a Ray actor, a few per matter actor): encodes chunks after their matter and hands
+    them to their shard writers (:func:`deliver`). Long-lived, so that video tasks on any node reuse
+    its process; encode tasks owned by many video tasks had their workers started and killed over and over."""
+
+    def __init__(self, encode: Callable, encode_args: tuple):
+        self.encode, self.encode_args = encode, encode_args
+
+    def ping(self) -> bool:
+        return True
+
+    def deliver(self, chunk, results, writer, index: int, attempt: int) -> tuple[int, str | None]:
+        return deliver(self.encode, self.encode_args, chunk, results, writer, index, attempt)
+
+
+ENCODERS_PER_ACTOR = 2
 
 
 # --- the scheduling loop --------------------------------------------------------------------------
@@ -557,14 +606,15 @@ class _Loop:
         encode, encode_args = steps.encode, steps.encode_args
         read, read_args, lost, depth = steps.read, steps.read_args, steps.lost, res.queue_depth
 
-        def deliver_chunk(chunk, results, writer, index: int, attempt: int) -> tuple[int, str | None]:
-            return deliver(encode, encode_args, chunk, results, writer, index, attempt)
+        encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
+        self.encoders = [encoder_cls.remote(encode, encode_args) for _ in range(ENCODERS_PER_ACTOR * max(1, n))]
+        self.n_submitted = 0
 
-        deliver_task = ray.remote(deliver_chunk).options(num_cpus=res.encode_cpus, max_retries=res.max_restarts)
+        retries = res.max_restarts
 
-        def video(ref, start_chunk: int, actor, writer, index: int, attempt: int):
-            yield from run_video(read, read_args, lost, deliver_task, depth, ref, start_chunk, actor, writer, index,
-                                 attempt)
+        def video(ref, start_chunk: int, actor, encoders: list, writer, index: int, attempt: int):
+            yield from run_video(read, read_args, lost, depth, retries, ref, start_chunk, actor, encoders, writer,
+                                 index, attempt)
 
         self.video_task = ray.remote(video).options(
             num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts)
@@ -640,8 +690,11 @@ class _Loop:
 
     def _submit(self, video: _Video, actor: _Actor) -> None:
         shard = video.shard
-        gen = self.video_task.remote(video.ref, video.start_chunk, actor.handle, shard.writer.handle, shard.index,
-                                     shard.attempt)
+        k, n = self.n_submitted, len(self.encoders)
+        encoders = [self.encoders[(k + i) % n] for i in range(min(n, 3))]   # the first, then two to retry on
+        self.n_submitted += 1
+        gen = self.video_task.remote(video.ref, video.start_chunk, actor.handle, encoders, shard.writer.handle,
+                                     shard.index, shard.attempt)
         actor.load += 1
         self.tasks[gen] = _Task(video, actor)
 
@@ -949,6 +1002,8 @@ class _Loop:
             self.bar.close()
             for w in self.writers:  # every shard is committed or failed: their spill files go with them
                 ray.kill(w.handle, no_restart=True)
+            for e in self.encoders:
+                ray.kill(e, no_restart=True)
         self.result.wall_s = time.perf_counter() - t0
         return self.result
 

@@ -444,7 +444,8 @@ def test_an_encoder_that_dies_every_time_is_a_failed_shard_not_bad_input(ray_ses
     assert list(result.failed) == [0] and result.failed[0].startswith("a chunk of s0v1 was lost: ")
     assert result.failed[0].endswith("(redone 1 times)")
     assert reads(trace)["s0v1"] == 2          # read again on the redo: never given up as a bad video
-    assert result.redone == {0: 1} and result.stalled is None
+    # shard 1 may be redone too: a chunk of it can be on the encoder process when that dies
+    assert result.redone.get(0) == 1 and set(result.redone) <= {0, 1} and result.stalled is None
 
 
 def test_a_crashed_matter_actor_gets_no_more_work_until_it_is_back(ray_session, tmp_path):
