@@ -1,11 +1,11 @@
 """The executor: everything Ray. It joins or starts the cluster, starts the matter actors and the shard
 writers, and runs the scheduling loop that hands whole videos to video tasks:
 
-    video task (per video, bound to a matter actor): read -> matter (actor per GPU) -> encode (task per chunk) -> writer (actor)
+    video task (per video, bound to a matter actor): read -> matter (actor per GPU) -> encoder (actors, 2 per GPU) -> writer (actor)
 
 It knows the steps only through ``pipeline.protocol``. The driver never sees a chunk: a video task reads
-its video and, per chunk, submits the matter on its actor and, chained behind it, an encode task that
-hands the samples to the shard's writer itself; the driver gets three small items per video (the header
+its video and, per chunk, submits the matter on its actor and, chained behind it, the encode on an encoder
+actor, which hands the samples to the shard's writer itself; the driver gets three small items per video (the header
 with the planned keys, "read", then an outcome), so its work is per video, not per chunk or segment. Bounded
 queues keep the object store bounded: at most ``read_ahead`` video tasks feed each actor, and each
 video task keeps at most ``queue_depth`` of its chunks queued on the actor.
