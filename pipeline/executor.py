@@ -607,7 +607,11 @@ class _Loop:
         read, read_args, lost, depth = steps.read, steps.read_args, steps.lost, res.queue_depth
 
         encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
-        self.encoders = [encoder_cls.remote(encode, encode_args) for _ in range(ENCODERS_PER_ACTOR * max(1, n))]
+        # two per matter actor, as many as leave a CPU share for one video task (each reserves --encode-cpus)
+        spare = ray.cluster_resources().get("CPU", 0) - n * ex._resources.get("CPU", 0) - res.reader_cpus
+        fit = int(spare // res.encode_cpus) if res.encode_cpus > 0 else ENCODERS_PER_ACTOR * n
+        self.encoders = [encoder_cls.remote(encode, encode_args)
+                         for _ in range(max(1, min(ENCODERS_PER_ACTOR * max(1, n), fit)))]
         self.n_submitted = 0
 
         retries = res.max_restarts
