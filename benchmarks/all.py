@@ -11,6 +11,7 @@ from mava import lifecycle
 BENCHMARKS = (
     ("reader throughput and memory", "benchmarks.read_bench"),
     ("bytes fetched per video from object storage", "benchmarks.read_bytes_bench"),
+    ("planning and the rerun skip check at SA-V scale", "benchmarks.plan_bench"),
     ("matter quality (MAD, Grad) and speed", "benchmarks.matter_quality"),
     ("pipeline overhead", "benchmarks.pipeline_bench"),
     ("training loaders", "benchmarks.loader_bench"),
