@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3-shards", type=int, default=2000, help="finished shards on the local S3 server")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from pipeline import plan as planning
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
