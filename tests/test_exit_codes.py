@@ -2,7 +2,9 @@
 
 - the root cause: a parquet read must leave nothing on Arrow's thread pool that still needs Python;
 - loops: ``mava verify`` on a good output and ``mava export``'s error path, run many times, each run
-  pinned to one CPU, exit 0 / 2 every time (before the fix 4 in 30 verify runs died with exit 134);
+  pinned to one CPU and forked from one process that imported ``mava`` (``benchmarks.exit_loop --fork``:
+  a real interpreter exit per run, without the start), exit 0 / 2 every time (before the fix 4 in 30
+  verify runs died with exit 134; forked, 32 in 200);
 - every command stops what it started (Ray, tqdm's monitor) before the interpreter exits;
 - every command documents 0/1/2 in ``--help`` and gives 2 with one line and no traceback on a usage
   error, 1 on damaged data.
@@ -100,9 +102,9 @@ def test_every_parquet_read_goes_through_read_parquet():
 
 def test_verify_and_export_error_exit_cleanly_every_time(job_output, tmp_path):
     split = str(job_output[0])
-    verify = loop(["-m", "mava", "verify", split, "--no-progress"], LOOPS)
+    verify = loop(["-m", "mava", "verify", split, "--no-progress"], LOOPS, fork=True)
     export = loop(["-m", "mava", "export", split, "--video-id", "sav_999999", "--masklet", "0",
-                   "--out", str(tmp_path / "x")], max(1, LOOPS // 2), expect=lifecycle.EXIT_USAGE)
+                   "--out", str(tmp_path / "x")], max(1, LOOPS // 2), expect=lifecycle.EXIT_USAGE, fork=True)
     assert dict(verify.codes) == {0: LOOPS}, verify.render()
     assert dict(export.codes) == {2: max(1, LOOPS // 2)}, export.render()
 

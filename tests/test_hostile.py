@@ -7,7 +7,6 @@ test session's shared job server (``tests.job_cli.JobServer``); refusals happen 
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import io
 import json
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from benchmarks.exit_loop import loop
 from mava import schema
 from mava.__main__ import main as mava_main
 from mava.loaders import ClipConfig, RandomAccessClips, StreamingClips, choose_indices, clip_rng
@@ -276,14 +276,8 @@ def test_export_path_conflicts_are_one_line(ref, tmp_path, capsys, conflict):
         assert sorted(p.name for p in out.iterdir()) == ["alpha" if conflict == "alpha-is-a-file" else "notes.txt"]
 
 
-def _export_nothing(args: tuple[str, str]) -> tuple[int, str]:
-    split, out = args
-    res = subprocess.run([sys.executable, "-m", "mava", "export", split, "--video-id", "nope", "--masklet", "0",
-                          "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120)
-    return res.returncode, res.stderr
-
-
-#: runs of the export error path (MAVA_EXIT_LOOP_RUNS overrides; ~0.55 CPU-s each)
+#: runs of the export error path (MAVA_EXIT_LOOP_RUNS overrides; each forked from one process that
+#: imported mava: ~0.2 CPU-s a run instead of ~0.55 for a fresh interpreter)
 EXIT_LOOP_RUNS = int(os.environ.get("MAVA_EXIT_LOOP_RUNS", "200"))
 
 
@@ -292,12 +286,11 @@ def test_export_error_path_never_aborts_at_exit(ref, tmp_path):
     """The error path (no ok samples) aborted with exit 134 ('terminate called without an active
     exception': a native thread still running at interpreter exit) in 4 of ~96 runs: 200 runs, 4 at a
     time, each must exit 2 with its one line."""
-    jobs = [(str(ref), str(tmp_path / f"x{i}")) for i in range(EXIT_LOOP_RUNS)]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(_export_nothing, jobs))
-    bad = [(rc, err[-300:]) for rc, err in results if rc != 2 or err.count("\n") != 1]
-    assert not bad, f"{len(bad)} of {len(jobs)} runs: {bad[:3]}"
-    assert all(err.startswith("error: no ok samples of video 'nope'") for _, err in results)
+    res = loop(["-m", "mava", "export", str(ref), "--video-id", "nope", "--masklet", "0", "--out", str(tmp_path / "x")],
+               EXIT_LOOP_RUNS, workers=4, expect=2, timeout=120, fork=True)
+    bad = [(code, err[-300:]) for code, err in res.each if code != 2 or err.count("\n") != 1]
+    assert len(res.each) == EXIT_LOOP_RUNS and not bad, (res.render(), bad[:3])
+    assert all(err.startswith("error: no ok samples of video 'nope'") for _, err in res.each)
 
 
 # --- 3. loaders serve only what the manifest vouches for -------------------------------------------
