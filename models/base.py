@@ -17,6 +17,7 @@ from mava import schema
 from models.options import (  # noqa: F401  (is_classified, fingerprint_options: re-exported)
     fingerprint_options, int_at_least, is_classified, number_at_least, output_option, runtime_option,
 )
+from models.options import configured_fields as _configured_fields
 from models.options import output_fields as _output_fields
 
 
@@ -58,7 +59,7 @@ class MatterConfig:
                                                   "by weights_sha256")
     device: str = runtime_option("auto", "auto, cpu, cuda or cuda:N; the resolved dtype is fingerprinted")
     dtype: str = output_option("auto", "UNet dtype; auto = bf16 on GPU, fp32 on CPU (fingerprinted resolved)",
-                               choices=DTYPES)
+                               choices=DTYPES, resolved=True)
     seed: int = output_option(0, "noise seed: same seed, same mattes")
     long_side: int = output_option(1024, "model resolution: long side in pixels (both sides multiples of 64)",
                                    parse=_long_side)
@@ -96,7 +97,7 @@ class MatterConfig:
                                                metavar="{none,0..254}")
     vae_dtype: str = output_option("auto", "VAE dtype; auto = --dtype, but fp32 when that is fp16 and the VAE "
                                            "config asks for upcasting (the release runs it in fp16 regardless); "
-                                           "fingerprinted resolved", choices=DTYPES)
+                                           "fingerprinted resolved", choices=DTYPES, resolved=True)
     alpha_8bit: str = output_option("round", "alpha to 8 bits: round (ours), or truncate as the release "
                                              "(ToPILImage: mul(255).byte())", choices=("round", "truncate"))
     alpha_precision: str = output_option("fp32", "dtype of the alpha map after decoding (x/2+0.5, clamp, RGB "
@@ -107,7 +108,7 @@ class MatterConfig:
     shape_buckets: str = output_option("", "model sizes WxH (multiples of 64, comma list) or 'auto' (16:9, 9:16, "
                                            "4:3, 3:4, 1:1 at --long-side): each clip is stretched to the bucket "
                                            "nearest its aspect, so --compile sees few shapes; '' keeps each "
-                                           "clip's aspect")
+                                           "clip's aspect", resolved=True)
     pad_batch: bool = runtime_option(False, "pad a smaller last batch to --batch-size with repeated segments "
                                             "(outputs dropped): one compiled batch shape per bucket")
     compile_backend: str = runtime_option("inductor", "torch.compile backend (with --compile)",
@@ -127,6 +128,21 @@ class MatterConfig:
 def output_fields(cls=MatterConfig) -> tuple[str, ...]:
     """Names of the fields of a config dataclass that change output bytes."""
     return _output_fields(cls)
+
+
+def configured_fields(cls=MatterConfig) -> tuple[str, ...]:
+    """Output options a matter fingerprints exactly as configured (all but the ``resolved`` ones): a
+    rerun that changes one of them can be refused before any matter loads."""
+    return _configured_fields(cls)
+
+
+def unresolvable_options(cfg: MatterConfig, options: dict) -> list[str]:
+    """The options of a matter's fingerprint that it fingerprints otherwise than configured although
+    they are not declared ``resolved`` (a matter breaking the contract :func:`configured_fields` relies on)."""
+    names = configured_fields()
+    want = fingerprint_options(cfg, names)
+    return [f"{k}: configured {want.get(k, '<absent>')!r}, fingerprinted {v!r}" for k, v in sorted(options.items())
+            if k in names and want.get(k, "<absent>") != v]
 
 
 Clip = tuple[np.ndarray, np.ndarray]   # (frames uint8[T,H,W,3], masks bool[T,H,W])

@@ -23,15 +23,17 @@ def _field(default, meta: dict) -> Any:
 
 def option(default, why: str = "", *, choices=None, parse: Callable | None = None, flag: str | bool = True,
            metavar: str | None = None, group: str | None = None, fingerprint: bool | None = None,
-           omit_default: bool = False) -> Any:
+           omit_default: bool = False, resolved: bool = False) -> Any:
     """A config field with its flag: ``why`` is the help text; ``choices``/``parse`` check the value;
     ``flag`` renames the flag (e.g. ``"--no-progress"`` for a True default) or hides it (False); ``group``
     names its --help section; ``fingerprint`` says whether it changes output bytes (None: not said);
     ``omit_default``: an output option added after shards were written joins the fingerprint only when
-    set to something else than its default, so those shards (which the default reproduces) stay valid.
-    ``default`` may be ``dict`` or ``list`` (a fresh one per instance)."""
+    set to something else than its default, so those shards (which the default reproduces) stay valid;
+    ``resolved``: an output option a matter fingerprints as it acts, not as configured (``dtype`` 'auto'
+    as 'fp32' on CPU); every other one is fingerprinted as configured, so a rerun can be refused for it
+    before any matter loads. ``default`` may be ``dict`` or ``list`` (a fresh one per instance)."""
     meta = {"why": why, "choices": tuple(choices) if choices is not None else None, "parse": parse,
-            "flag": flag, "metavar": metavar, "group": group, "omit_default": omit_default}
+            "flag": flag, "metavar": metavar, "group": group, "omit_default": omit_default, "resolved": resolved}
     if fingerprint is not None:
         meta["fingerprint"] = fingerprint
     return _field(default, meta)
@@ -56,6 +58,12 @@ def is_classified(f: dataclasses.Field) -> bool:
 def output_fields(cls) -> tuple[str, ...]:
     """Names of the fields of a config dataclass that change output bytes."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("fingerprint"))
+
+
+def configured_fields(cls) -> tuple[str, ...]:
+    """Names of the output fields of a config dataclass that are fingerprinted as configured (not ``resolved``)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("fingerprint")
+                 and not f.metadata.get("resolved"))
 
 
 def fingerprint_options(cfg, names=None) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mava import schema
 from mava.folder import SplitDir
-from models.base import MatterConfig, available_matters, fingerprint_options
+from models.base import MatterConfig, available_matters, configured_fields, fingerprint_options, unresolvable_options
 from models.options import fraction, int_at_least, number_at_least, option
 from pipeline import plan as planning
 from pipeline import sav
@@ -103,6 +103,12 @@ class JobConfig:
         """Job options that change what a shard holds besides the matter: the reader's output options
         (see ReaderConfig's field classification) and whether frames are stored."""
         return {**fingerprint_options(self.reader), "frames": self.frames}
+
+    def known_fingerprint(self) -> planning.KnownFingerprint:
+        """What this run's fingerprint holds before any matter loads (see :class:`planning.KnownFingerprint`)."""
+        names = configured_fields()
+        return planning.KnownFingerprint(self.content_options(), fingerprint_options(self.matter_config, names),
+                                         frozenset(names))
 
 
 @dataclass
@@ -219,13 +225,18 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
                              limited=cfg.limit_videos is not None)
     except planning.PlanConflict as exc:
         raise JobError(str(exc)) from exc
+    facts = planning.gather_shard_facts(out, cfg.split, {p.index for p in plans}, failures=cfg.retry_failed)
+    if not cfg.redo_mismatched:  # refuse what can be told now, before the matters load (minutes on GPUs)
+        _refuse_mismatched(cfg, planning.refused_shards(plans, out, cfg.split, facts, cfg.known_fingerprint(),
+                                                        plan=planning.plan_record(cfg.videos_per_shard),
+                                                        limited=cfg.limit_videos is not None))
     try:
         init_ray(cfg.resources)
     except ClusterError as exc:
         raise JobError(str(exc)) from None
     ex = Executor(steps_for(cfg), cfg.resources, cfg.matter_config.batch_size, cfg.progress, on_tick=lease.touch)
     try:
-        return _select_and_run(cfg, out, plans, lease, ex)
+        return _select_and_run(cfg, out, plans, lease, ex, facts)
     finally:
         ex.shutdown()
         _clean_lost_writers(out, lease)
@@ -245,29 +256,40 @@ def _clean_lost_writers(out: SplitDir, lease: Lease) -> None:
         log.info("removed %d partial files of shard writers lost in this run", removed)
 
 
+def _refuse_mismatched(cfg: JobConfig, mismatched: dict[int, str]) -> None:
+    """Raise the one-line refusal for finished shards this run would not write as they are (if any)."""
+    if not mismatched:
+        return
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, why in sorted(mismatched.items()):
+        groups[why].append(i)
+    lines = "; ".join(f"shard{'s' if len(ix) > 1 else ''} {planning.format_indices(ix)}: {why}"
+                      for why, ix in list(groups.items())[:3])
+    raise JobError(f"{len(mismatched)} finished shard(s) of {cfg.out_split} were not written as this run "
+                   f"would write them ({lines}). Rerun with --redo-mismatched to redo them, or use a new "
+                   f"--out; shards of different fingerprints are never mixed")
+
+
 def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], lease: Lease,
-                    ex: Executor) -> JobResult:
+                    ex: Executor, facts: planning.ShardFacts) -> JobResult:
     try:
         fingerprints = ex.start_actors()
     except ClusterError as exc:
         raise JobError(str(exc)) from None
-    fingerprint = {schema.FP_MATTER: agreed_fingerprint(fingerprints), schema.FP_CONTENT: cfg.content_options()}
+    matter = agreed_fingerprint(fingerprints)
+    wrong = unresolvable_options(cfg.matter_config, matter.get(schema.FP_OPTIONS) or {})
+    if wrong:
+        raise JobError(f"matter {cfg.matter!r} fingerprints options otherwise than configured ({'; '.join(wrong)}): "
+                       "declare them resolved (output_option(..., resolved=True)) or fingerprint them as configured")
+    fingerprint = {schema.FP_MATTER: matter, schema.FP_CONTENT: cfg.content_options()}
     try:
         sel = planning.select_shards(plans, out, cfg.split, fingerprint=fingerprint, shards=cfg.shards,
                                      retry_failed=cfg.retry_failed, redo_mismatched=cfg.redo_mismatched,
                                      verify_tar=cfg.verify_skipped, plan=planning.plan_record(cfg.videos_per_shard),
-                                     limited=cfg.limit_videos is not None)
+                                     limited=cfg.limit_videos is not None, facts=facts)
     except ValueError as exc:  # --shards outside the plan
         raise JobError(str(exc)) from None
-    if sel.mismatched:
-        groups: dict[str, list[int]] = collections.defaultdict(list)
-        for i, why in sorted(sel.mismatched.items()):
-            groups[why].append(i)
-        lines = "; ".join(f"shard{'s' if len(ix) > 1 else ''} {planning.format_indices(ix)}: {why}"
-                          for why, ix in list(groups.items())[:3])
-        raise JobError(f"{len(sel.mismatched)} finished shard(s) of {cfg.out_split} were not written as this run "
-                       f"would write them ({lines}). Rerun with --redo-mismatched to redo them, or use a new "
-                       f"--out; shards of different fingerprints are never mixed")
+    _refuse_mismatched(cfg, sel.mismatched)
     log.info("%d videos in %d shards: %d to run, %d skipped", sum(len(p.videos) for p in plans), len(plans),
              len(sel.run), len(sel.skip))
     result = JobResult(shards_skipped=[p.index for p in sel.skip], fingerprint=fingerprint)

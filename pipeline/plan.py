@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import pyarrow as pa
+
 from mava import schema
 from mava.folder import SplitDir, UnreadableFile, as_split
 from mava.lifecycle import read_parquet
@@ -228,6 +230,34 @@ def fingerprint_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]
     return out
 
 
+@dataclass(frozen=True)
+class KnownFingerprint:
+    """The parts of a run's fingerprint known before any matter loads: the content options, and the
+    matter options every matter fingerprints as configured (``names``; ``options``: their values as
+    they join a fingerprint, defaults of ``omit_default`` options absent). Not known yet: the matter's
+    name, weights, constants and its ``resolved`` options."""
+
+    content: dict
+    options: dict
+    names: frozenset
+
+    def conflicts(self, recorded: dict | None) -> list[str]:
+        """The differences, in :func:`fingerprint_diff`'s words, that make ``recorded`` (a done marker's
+        fingerprint) another fingerprint than this run's, whichever matter loads; [] when none is known yet.
+        Only the options the recorded matter read are compared: one this run changes differs either way
+        (the same matter fingerprints it as configured; another matter differs by name)."""
+        if not isinstance(recorded, dict):
+            return fingerprint_diff(None, {})
+        matter = recorded.get(schema.FP_MATTER)
+        theirs = matter.get(schema.FP_OPTIONS) if isinstance(matter, dict) else None
+        keys = [k for k in theirs if k in self.names] if isinstance(theirs, dict) else []
+        old = {schema.FP_MATTER: {schema.FP_OPTIONS: {k: theirs[k] for k in keys}},
+               schema.FP_CONTENT: recorded.get(schema.FP_CONTENT, "<absent>")}
+        new = {schema.FP_MATTER: {schema.FP_OPTIONS: {k: self.options[k] for k in keys if k in self.options}},
+               schema.FP_CONTENT: self.content}
+        return fingerprint_diff(old, new)
+
+
 def format_indices(indices: Sequence[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5' (the --shards syntax)."""
     parts, run = [], []
@@ -250,6 +280,10 @@ class ShardCheck:
     state: str        # missing | done | grown | other-videos | mismatch | damaged | unreadable
     detail: str = ""
     marker: dict | None = None
+
+
+#: states of a finished shard that a rerun refuses to mix with its own (redone only with --redo-mismatched)
+REFUSED = ("mismatch", "unreadable", "other-videos")
 
 
 def _sha256(d: SplitDir, rel: str) -> str:
@@ -285,8 +319,6 @@ def _by_index(paths, split: str) -> dict[int, str]:
 
 
 def _has_failures(data: bytes) -> bool:
-    import pyarrow as pa
-
     rows = read_parquet(pa.BufferReader(data), columns=[Col.STATUS]).column(Col.STATUS).to_pylist()
     return any(r != schema.STATUS_OK for r in rows)
 
@@ -321,7 +353,7 @@ def gather_shard_facts(out: str | SplitDir, split: str, indices: set[int] | None
             if failures:
                 try:
                     facts.failed[i] = _has_failures(data)
-                except Exception as exc:  # noqa: BLE001 - an unreadable manifest: its shard is redone
+                except (pa.ArrowException, OSError, KeyError) as exc:  # not a manifest: its shard is redone
                     log.warning("%s: unreadable manifest (%s: %s)", d.url_of(p), type(exc).__name__, exc)
                     facts.failed[i] = True
     return facts
@@ -329,7 +361,7 @@ def gather_shard_facts(out: str | SplitDir, split: str, indices: set[int] | None
 
 def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: dict | None,
                 verify_tar: bool = False, plan_rec: dict | None = None, limited: bool = False,
-                facts: ShardFacts | None = None) -> ShardCheck:
+                facts: ShardFacts | None = None, known: KnownFingerprint | None = None) -> ShardCheck:
     """Whether a planned shard is provably the shard this run would write.
 
     ``done`` needs a readable marker of this shard plan (``plan_rec``, when the marker records one) for
@@ -340,6 +372,7 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
     plan, or a foreign marker), except that under ``limited`` a finished shard holding the planned
     videos and more is kept (a ``--limit-videos`` run does not cut finished shards short). ``facts``
     (:func:`gather_shard_facts`): decide from those instead of reading the shard's files one by one.
+    ``known``: with no ``fingerprint`` yet, a marker that differs from its known parts is a ``mismatch``.
     """
     d = as_split(out)
     try:
@@ -373,6 +406,8 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
                                               "another output)", marker)
     if fingerprint is not None and marker.get(schema.MARKER_FINGERPRINT) != fingerprint:
         diff = fingerprint_diff(marker.get(schema.MARKER_FINGERPRINT), fingerprint)
+        return ShardCheck("mismatch", "; ".join(diff), marker)
+    if fingerprint is None and known is not None and (diff := known.conflicts(marker.get(schema.MARKER_FINGERPRINT))):
         return ShardCheck("mismatch", "; ".join(diff), marker)
     tar, man = schema.shard_tar(split, plan.index), schema.shard_manifest(split, plan.index)
     if facts is not None:
@@ -418,17 +453,6 @@ def _check_files(d: SplitDir, split: str, index: int, marker: dict, facts: Shard
     return ShardCheck("done", "", marker)
 
 
-def shard_failures(out: str | SplitDir, split: str, index: int) -> list[str]:
-    """Error types of the failed rows in a shard's manifest ([] when it has none or no manifest)."""
-    d = as_split(out)
-    rel = schema.shard_manifest(split, index)
-    if not d.exists(rel):
-        return []
-    with d.open(rel, "rb") as f:
-        rows = read_parquet(f, columns=[Col.STATUS, Col.ERROR_TYPE]).to_pylist()
-    return [r[Col.ERROR_TYPE] for r in rows if r[Col.STATUS] != schema.STATUS_OK]
-
-
 @dataclass
 class Selection:
     """Which shards this run writes and which it keeps; ``mismatched`` finished shards were written
@@ -440,9 +464,23 @@ class Selection:
     mismatched: dict[int, str]
 
 
+def refused_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, facts: ShardFacts,
+                   known: KnownFingerprint, *, plan: dict | None = None, limited: bool = False) -> dict[int, str]:
+    """The finished shards a rerun refuses to mix, as far as they can be told before any matter loads
+    (another plan, other videos, an unreadable marker, or another ``known`` fingerprint part): index ->
+    why. :func:`select_shards` finds these too, and those of another matter, weights or resolved option."""
+    refused = {}
+    for p in plans:
+        check = check_shard(out, split, p, None, False, plan, limited, facts, known)
+        if check.state in REFUSED:
+            refused[p.index] = check.detail
+    return refused
+
+
 def select_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, *, fingerprint: dict | None = None,
                   shards: set[int] | None = None, retry_failed: bool = False, redo_mismatched: bool = False,
-                  verify_tar: bool = False, plan: dict | None = None, limited: bool = False) -> Selection:
+                  verify_tar: bool = False, plan: dict | None = None, limited: bool = False,
+                  facts: ShardFacts | None = None) -> Selection:
     """Decide every planned shard: a shard is kept only when :func:`check_shard` proves it done.
 
     Missing, damaged or grown shards are (re)done; ``retry_failed`` also redoes done shards with failed
@@ -450,18 +488,19 @@ def select_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, *, fi
     finished shard of another fingerprint, another plan or other videos, or with an unreadable marker,
     is redone only with ``redo_mismatched`` (else it is listed in ``mismatched`` and the caller refuses
     to mix). ``plan`` (this run's plan record) and ``limited`` go to :func:`check_shard`. What it reads of
-    the output is read together first (:func:`gather_shard_facts`): seconds for thousands of shards,
-    also on object storage.
+    the output is read together first (:func:`gather_shard_facts`, or ``facts`` when the caller has
+    them, gathered with ``failures=retry_failed``): seconds for thousands of shards, also on object storage.
     """
     if shards is not None:
         unknown = sorted(shards - {p.index for p in plans})
         if unknown:
             raise ValueError(f"--shards names shards outside the plan (0-{len(plans) - 1}): {unknown}")
     sel = Selection([], [], {})
-    facts = gather_shard_facts(out, split, {p.index for p in plans}, failures=retry_failed)
+    if facts is None:
+        facts = gather_shard_facts(out, split, {p.index for p in plans}, failures=retry_failed)
     for p in plans:
         check = check_shard(out, split, p, fingerprint, verify_tar, plan, limited, facts)
-        if check.state in ("mismatch", "unreadable", "other-videos"):
+        if check.state in REFUSED:
             if redo_mismatched:
                 log.warning("shard %d: %s: redoing it (--redo-mismatched)", p.index, check.detail)
                 sel.run.append(p)

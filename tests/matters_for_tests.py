@@ -123,3 +123,19 @@ class KeyedMatter(MatterBase):
         if keys is None:
             raise ValueError("no keys given")
         return [m.astype(np.uint8) * key_level(k) for (_, m), k in zip(clips, keys)]
+
+
+class UndeclaredResolveMatter(MatterBase):
+    """alpha = mask, but it fingerprints ``seed`` (not declared resolved) otherwise than configured."""
+
+    name = "undeclared-resolve"
+    reads = ("seed",)
+
+    def __init__(self, config: MatterConfig):
+        self.cfg = config
+
+    def resolved_options(self) -> dict:
+        return {"seed": self.cfg.seed + 1}
+
+    def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return masks.astype(np.float32)

@@ -58,8 +58,14 @@ def test_another_model_or_option_refuses_and_redo_mismatched_redoes(synth_split,
         a + ["--dtype", "fp32"],              # 'auto' resolves to fp32 on CPU: the same mattes, skipped
         a + ["--batch-size", "2"],            # speed only: skipped
         b + ["--redo-mismatched"],            # asked for: redone with model B
+        # options every matter fingerprints as configured are refused before the model loads (no
+        # checkpoint here: loading it would fail the run with another error)
+        common + ["--checkpoint", str(tmp_path / "gone"), "--base-model", str(base_b), "--long-side", "192",
+                  "--frames", "jpg"],
     ])
-    assert [r["rc"] for r in runs] == [0, 2, 2, 2, 2, 0, 0, 0], [r["stderr"][-500:] for r in runs]
+    assert [r["rc"] for r in runs] == [0, 2, 2, 2, 2, 0, 0, 0, 2], [r["stderr"][-500:] for r in runs]
+    assert ("matter.options.long_side: 128 -> 192" in runs[8]["stderr"]
+            and "content.frames: 'none' -> 'jpg'" in runs[8]["stderr"]), runs[8]["stderr"][-1000:]
     assert "shard 0: matter.weights_sha256" in runs[1]["stderr"] and "--redo-mismatched" in runs[1]["stderr"]
     assert "matter.options.long_side: 128 -> 192" in runs[2]["stderr"]
     assert "matter.options.posterior: 'sample' -> 'mode'" in runs[3]["stderr"]
@@ -72,6 +78,16 @@ def test_another_model_or_option_refuses_and_redo_mismatched_redoes(synth_split,
     assert len(run["history"]) == 3 and run["history"][-1]["summary"]["shards_skipped"] == 1  # refusals write nothing
     first = run["history"][0]["fingerprint"]["matter"]["weights_sha256"]
     assert first != run["checkpoint_sha256"]                  # model B replaced model A everywhere
+
+
+def test_a_matter_fingerprinting_an_option_otherwise_than_configured_is_refused(synth_split, tmp_path):
+    """Refusing before the matter loads relies on every option not declared ``resolved`` being
+    fingerprinted as configured: a matter that breaks it is a one-line error, and nothing is written."""
+    res = run_cli(synth_split.parent, tmp_path / "out", "--matter", "tests.matters_for_tests:UndeclaredResolveMatter",
+                  "--limit-videos", "1")
+    assert res.returncode == 2 and "seed: configured 0, fingerprinted 1" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not list((tmp_path / "out" / SPLIT / "done").glob("*"))
 
 
 # --- 2. system failures are not "done" -------------------------------------------------------------
