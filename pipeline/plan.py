@@ -199,22 +199,6 @@ def settle_plan(out: str | SplitDir, split: str, plans: list[ShardPlan], videos_
     return new
 
 
-class MarkerUnreadable(ValueError):
-    """A done marker that exists but cannot be read (names the file and how to fix it)."""
-
-
-def shard_marker(out: str | SplitDir, split: str, index: int) -> dict | None:
-    """The done marker of a shard, or None when the shard is not finished.
-
-    Raises MarkerUnreadable when the marker exists but is not a JSON object.
-    """
-    try:
-        return as_split(out).read_json(schema.shard_done(split, index))
-    except UnreadableFile as exc:
-        raise MarkerUnreadable(f"done marker {exc.path} is unreadable ({exc.reason}): delete it to redo shard "
-                               f"{index}, or rerun with --redo-mismatched") from exc
-
-
 def fingerprint_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:
     """Readable differences ``field: old -> new`` between two fingerprints (dotted field paths; the
     matter's name and weights first)."""
@@ -359,6 +343,31 @@ def gather_shard_facts(out: str | SplitDir, split: str, indices: set[int] | None
     return facts
 
 
+def shard_facts(out: str | SplitDir, split: str, index: int) -> ShardFacts:
+    """:class:`ShardFacts` of one shard, its files read one by one (no listing): the check of a shard alone."""
+    d = as_split(out)
+    facts = ShardFacts()
+    try:
+        marker = d.read_json(schema.shard_done(split, index))
+    except UnreadableFile as exc:
+        marker = exc
+    if marker is None:
+        return facts
+    facts.markers[index] = marker
+    tar, man = schema.shard_tar(split, index), schema.shard_manifest(split, index)
+    try:
+        if d.exists(tar):
+            facts.tar_sizes[index] = d.size(tar)
+    except OSError as exc:
+        log.warning("%s: cannot stat it (%s)", d.url_of(tar), exc)
+    try:
+        if d.exists(man):
+            facts.manifests[index] = hashlib.sha256(d.read_bytes(man)).hexdigest()
+    except OSError as exc:
+        facts.manifests[index] = UnreadableFile(d.url_of(man), f"cannot read it ({type(exc).__name__}: {exc})")
+    return facts
+
+
 def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: dict | None,
                 verify_tar: bool = False, plan_rec: dict | None = None, limited: bool = False,
                 facts: ShardFacts | None = None, known: KnownFingerprint | None = None) -> ShardCheck:
@@ -371,20 +380,17 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
     ``--limit-videos``); one for other videos is ``other-videos`` (the video list changed inside the
     plan, or a foreign marker), except that under ``limited`` a finished shard holding the planned
     videos and more is kept (a ``--limit-videos`` run does not cut finished shards short). ``facts``
-    (:func:`gather_shard_facts`): decide from those instead of reading the shard's files one by one.
+    (:func:`gather_shard_facts`): decide from those; without them the shard's files are read one by one
+    (:func:`shard_facts`).
     ``known``: with no ``fingerprint`` yet, a marker that differs from its known parts is a ``mismatch``.
     """
     d = as_split(out)
-    try:
-        if facts is None:
-            marker = shard_marker(d, split, plan.index)
-        else:
-            marker = facts.markers.get(plan.index)
-            if isinstance(marker, UnreadableFile):
-                raise MarkerUnreadable(f"done marker {marker.path} is unreadable ({marker.reason}): delete it to redo "
-                                       f"shard {plan.index}, or rerun with --redo-mismatched")
-    except MarkerUnreadable as exc:
-        return ShardCheck("unreadable", str(exc))
+    if facts is None:
+        facts = shard_facts(d, split, plan.index)
+    marker = facts.markers.get(plan.index)
+    if isinstance(marker, UnreadableFile):
+        return ShardCheck("unreadable", f"done marker {marker.path} is unreadable ({marker.reason}): delete it to redo "
+                                        f"shard {plan.index}, or rerun with --redo-mismatched")
     if marker is None:
         return ShardCheck("missing")
     theirs = marker.get(schema.MARKER_PLAN)
@@ -409,28 +415,11 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
         return ShardCheck("mismatch", "; ".join(diff), marker)
     if fingerprint is None and known is not None and (diff := known.conflicts(marker.get(schema.MARKER_FINGERPRINT))):
         return ShardCheck("mismatch", "; ".join(diff), marker)
-    tar, man = schema.shard_tar(split, plan.index), schema.shard_manifest(split, plan.index)
-    if facts is not None:
-        return _check_files(d, split, plan.index, marker, facts, verify_tar)
-    try:
-        if not d.exists(tar):
-            return ShardCheck("damaged", f"{d.url_of(tar)} is missing", marker)
-        if d.size(tar) != marker.get(schema.MARKER_TAR_BYTES):
-            return ShardCheck("damaged", f"{d.url_of(tar)} has {d.size(tar)} bytes, the marker says "
-                                         f"{marker.get(schema.MARKER_TAR_BYTES)}", marker)
-        if not d.exists(man):
-            return ShardCheck("damaged", f"{d.url_of(man)} is missing", marker)
-        if hashlib.sha256(d.read_bytes(man)).hexdigest() != marker.get(schema.MARKER_MANIFEST_SHA256):
-            return ShardCheck("damaged", f"{d.url_of(man)} differs from the marker's sha256", marker)
-        if verify_tar and _sha256(d, tar) != marker.get(schema.MARKER_TAR_SHA256):
-            return ShardCheck("damaged", f"{d.url_of(tar)} differs from the marker's sha256", marker)
-    except OSError as exc:
-        return ShardCheck("damaged", f"cannot read shard {plan.index}: {exc}", marker)
-    return ShardCheck("done", "", marker)
+    return _check_files(d, split, plan.index, marker, facts, verify_tar)
 
 
 def _check_files(d: SplitDir, split: str, index: int, marker: dict, facts: ShardFacts, verify_tar: bool) -> ShardCheck:
-    """The tar and manifest part of :func:`check_shard`, from ``facts`` (same outcomes, same words)."""
+    """The tar and manifest part of :func:`check_shard`, from ``facts``."""
     tar, man = schema.shard_tar(split, index), schema.shard_manifest(split, index)
     size = facts.tar_sizes.get(index)
     if size is None:
