@@ -43,7 +43,7 @@ class VideoFrames:
 
 def _clockwise(frame) -> int:
     """Clockwise display rotation of a decoded PyAV frame (its ``rotation`` is counter-clockwise)."""
-    return round(-float(getattr(frame, "rotation", 0) or 0) / 90.0) * 90 % 360
+    return round(-float(frame.rotation or 0) / 90.0) * 90 % 360
 
 
 def open_frames(url: str) -> VideoFrames:
