@@ -89,6 +89,12 @@ def test_each_bad_input_is_a_clear_failed_row(bad_split, bad_run):
         assert all(r["status"] == "failed" for r in vrows), what
         assert {r["error_type"] for r in vrows} == {err_type}, (what, vrows)
         assert all(vid in r["error"] for r in vrows), f"{what}: the error must name the file: {vrows}"
+    # one failure, one shape: a failed row of a sample key has its ids filled, whoever made it
+    masklet_rows = [r for r in rows if r["status"] == "failed" and r["key"] != schema.video_failure_key(r["video_id"])]
+    assert "EmptyMasklet" in {r["error_type"] for r in masklet_rows}, masklet_rows
+    for r in masklet_rows:
+        k = schema.parse_key(r["key"])
+        assert (r["source"], r["masklet_id"], r["start"]) == (k.source, k.masklet_id, k.start), r
     hostile = by_video["sav_000006"]
     assert hostile[0]["key"] == schema.video_failure_key("sav_000006")
     assert "disagrees" in hostile[0]["error"]
