@@ -16,6 +16,9 @@ Faults (nodes come and go):
   chunk that did not reach the writer, on another live actor; an actor that comes back (restarted, or
   its GPU returned with a node) is used again; a writer drops a key it already holds, so a chunk sent
   twice never makes a duplicate;
+- the driver pings every actor that has video tasks bound to it (every 2 s); when one is not up, all
+  its video tasks are cancelled and their videos sent to other actors: a video task's call queued
+  before its process knew that the actor was restarting would wait for the actor, for good;
 - a chunk whose data or encoder was lost, a shard writer lost with its node, or a shard whose writer
   recorded system failures is redone from its videos, in the same run, up to ``shard_retries`` times;
   a shard that lost samples is never marked done;
@@ -45,7 +48,7 @@ from pipeline.protocol import Chunk, Steps, VideoHeader
 
 log = logging.getLogger(__name__)
 
-PING_PERIOD_S = 2.0          # how often an actor that is down (or a writer) is asked whether it is up
+PING_PERIOD_S = 2.0          # how often a matter actor with work bound to it (or one that is down) is asked
 WRITER_PING_PERIOD_S = 5.0
 HAND_OVER_S = 1.0            # an encode task hands its samples to the writer at least this often
 
@@ -218,13 +221,15 @@ class WriterPool:
     encode tasks may arrive before the driver's ``open_shard`` (calls from different callers are not
     ordered): they wait for it. A key an open shard already holds is dropped: a chunk sent again
     (its matter actor was lost, its encode task retried) never makes a duplicate, and the commit's
-    count check still catches a key that never came. ``ping`` answers how many samples the pool has
-    taken so far: the driver's sign that encoders make progress."""
+    count check still catches a key that never came. Items for an attempt that was committed or aborted
+    are dropped (a video task the driver cancelled can still hand over a chunk). ``ping`` answers how
+    many samples the pool has taken so far: the driver's sign that encoders make progress."""
 
     def __init__(self, factory: Callable[[int, dict], Any]):
         self.factory = factory
         self.open: dict[int, tuple[int, Any, set]] = {}
         self.early: dict[tuple[int, int], list] = {}   # (index, attempt) -> items that came before open_shard
+        self.closed: set[tuple[int, int]] = set()      # (index, attempt) committed or aborted
         self.taken = 0
 
     def ping(self) -> int:
@@ -244,6 +249,8 @@ class WriterPool:
 
     def add(self, index: int, attempt: int, *items) -> None:
         """Items by value (e.g. failures): never raises, so no outcome is lost unseen."""
+        if (index, attempt) in self.closed:
+            return
         held = self.open.get(index)
         if held is None or held[0] < attempt:      # not opened yet: keep them for open_shard
             self.early.setdefault((index, attempt), []).extend(items)
@@ -270,11 +277,13 @@ class WriterPool:
         if w.count != expected:
             w.add_system_failure("?", f"the writer holds {w.count} samples, {expected} were sent")
         del self.open[index]
+        self.closed.add((index, attempt))
         return w.commit()
 
     def abort(self, index: int) -> None:
         held = self.open.pop(index, None)
         if held is not None:
+            self.closed.add((index, held[0]))
             held[1].close()
 
 
@@ -796,16 +805,34 @@ class _Loop:
         self.queue.appendleft(video)
 
     def _actor_lost(self, actor: _Actor, why: str, dead: bool) -> None:
-        """An actor failed a chunk: it takes nothing more until a ping finds it up again (or never)."""
+        """An actor failed a chunk or a ping: it takes nothing more until a ping finds it up again (or
+        never), and every video task still bound to it is sent to another actor (:meth:`_rescue`)."""
         if dead:
             if actor.state != "dead":
                 log.error("matter actor %d is gone for good: %s", actor.index, why)
             actor.state, actor.why = "dead", why
             if all(a.state == "dead" for a in self.actors):
                 self._fail_all("every matter actor died")
+                return
         elif actor.state == "up":
             log.warning("matter actor %d is down (%s); waiting for it to come back", actor.index, why)
             actor.state, actor.why, actor.next_ping = "down", why, time.monotonic() + PING_PERIOD_S
+        self._rescue(actor)
+
+    def _rescue(self, actor: _Actor) -> None:
+        """Cancel the video tasks bound to an actor that is not up and send their videos to other actors,
+        from the chunk each was sent from (the writer drops the keys it already holds).
+
+        Such a task may never report: a call is queued until the calling process knows where the actor
+        is, and when it learns that the actor is restarting, Ray fails only the calls made after that;
+        the queued one waits until the actor is back, for good when its GPU went with its node. A video
+        task's process often learns late (a new process, or Ray's rerun of a video task whose node died),
+        so only the driver, which created the actors and whose calls to a restarting actor fail at once,
+        can tell (by a ping, or a chunk another video task lost on the actor)."""
+        for gen, task in [(g, t) for g, t in self.tasks.items() if t.actor is actor]:
+            self._forget(gen, task)
+            ray.cancel(gen)
+            self._resend(task.video, task.video.start_chunk, actor, f"matter actor {actor.index}: {actor.why}")
 
     # -- writing --
     def _maybe_commit(self) -> None:
@@ -902,8 +929,9 @@ class _Loop:
 
     def _send_pings(self) -> None:
         now = time.monotonic()
-        for a in self.actors:
-            if a.state == "down" and a.ping is None and now >= a.next_ping:
+        for a in self.actors:         # down: is it back? up with work bound: is it still up?
+            if a.ping is None and now >= a.next_ping and (
+                    a.state == "down" or (a.state == "up" and a.load + a.finishing > 0)):
                 a.ping = a.handle.ping.remote()
                 self.pings[a.ping] = a
         for w in self.writers:
@@ -928,7 +956,9 @@ class _Loop:
             if answer != who.taken:             # encoders handed it samples: progress, however slow
                 who.taken = answer
                 self._progress()
-        elif who.state == "down":
+            return
+        who.next_ping = time.monotonic() + PING_PERIOD_S
+        if who.state == "down":
             log.warning("matter actor %d is back", who.index)
             who.state, who.why = "up", ""
             self._progress()
@@ -938,17 +968,18 @@ class _Loop:
         matter actor, a commit). Asked only when nothing else progressed for ``stall_timeout``."""
         if any(s.writer.alive for s in self.committing.values()):
             return True
-        refs = [a.handle.running.remote() for a in self.actors if a.state == "up" and a.load + a.finishing > 0]
-        answered, late = ray.wait(refs, num_returns=len(refs), timeout=10) if refs else ([], [])
-        if late:        # every thread of the actor is in a chunk (a long first call: compile, autotune)
-            return True
+        asked = {a.handle.running.remote(): a for a in self.actors if a.state == "up" and a.load + a.finishing > 0}
+        answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=10) if asked else ([], [])
+        busy = bool(late)   # every thread of the actor is in a chunk (a long first call: compile, autotune)
         for ref in answered:
             try:
-                if ray.get(ref):
-                    return True
+                busy = bool(ray.get(ref)) or busy
+            except ray.exceptions.RayActorError as exc:   # it went unseen: its videos go to other actors
+                self._actor_lost(asked[ref], _reason(exc), isinstance(exc, ray.exceptions.ActorDiedError))
+                busy = True
             except ray.exceptions.RayError:
                 continue
-        return False
+        return busy
 
     def waiting_for(self) -> str:
         """What the run waits for, in one line."""

@@ -15,7 +15,9 @@ Ray session, so each test pins down one behaviour of the loop, fast and exactly:
 - the watchdog waits for reads and encodes that progress, and ends a run whose encode hangs;
 - a reader process that dies on a video every time turns that video's keys into failed rows (``Steps.lost``);
 - a per-item matter failure is a failed row in the writer, not a lost shard;
-- a shard writer lost mid-run is replaced and its shards are redone, with the same output.
+- a shard writer lost mid-run is replaced and its shards are redone, with the same output;
+- a video bound to a matter actor that went without the driver being told (its restart never ends) is
+  sent to another actor, not left waiting for the actor until the stall watchdog ends the run.
 
 Ray pickles the steps; this module is not importable by name in Ray's workers (pytest imports it from
 ``tests/`` as ``test_executor``), so it is registered with cloudpickle to be sent by value.
@@ -29,6 +31,8 @@ import functools
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ from pipeline.protocol import Chunk, Failure, Stage, Steps, VideoHeader
 log = logging.getLogger(__name__)
 
 CLUSTER_CPUS = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- the steps (module level: Ray pickles them) ---------------------------------------------------
@@ -97,10 +102,13 @@ def read(video: Video, cfg: ReadCfg, start_chunk: int = 0):
 class Doubler:
     """A matter actor: doubles each item. ``mode``: "ok"; "die_once" (the process exits on its first
     chunk while ``marker`` does not exist, creating it); "die" (exits on every chunk); "fail" (the items
-    named in ``fail_keys`` get a Failure, as ``MatterActor`` reports a matter error about a sample)."""
+    named in ``fail_keys`` get a Failure, as ``MatterActor`` reports a matter error about a sample);
+    "slow_restart" (a restarted process takes ``marker`` seconds to load: a GPU that went with its node)."""
 
     def __init__(self, mode: str = "ok", marker: str = "", fail_keys: tuple = ()):
         self.mode, self.marker, self.fail_keys = mode, marker, fail_keys
+        if mode == "slow_restart" and ray.get_runtime_context().was_current_actor_reconstructed:
+            time.sleep(float(marker))
         self.calls = 0
         self.in_refine = 0
 
@@ -277,8 +285,9 @@ def expected_items(task: ShardTask, skip: tuple = ()) -> dict:
 
 
 def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_timeout=None, encode_tag="x2",
-              **res) -> ExecResult:
-    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise)."""
+              before_run=None, **res) -> ExecResult:
+    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise);
+    ``before_run(executor)`` is called once its actors are up."""
     steps = Steps(read=read, read_args=(read_cfg or ReadCfg(),), matter=Doubler, matter_args=tuple(matter_args),
                   encode=encode, encode_args=(encode_tag,), writer=functools.partial(Recorder, *writer), lost=lost)
     cfg = ResourceConfig(**({"num_actors": 1, "actor_cpus": 1.0, "max_restarts": 1, "shard_retries": 1,
@@ -288,6 +297,8 @@ def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_
         ex.start_actors()           # actor start is bounded by stall_timeout too: not the one under test
         if stall_timeout is not None:
             ex.res = dataclasses.replace(cfg, stall_timeout=stall_timeout)
+        if before_run is not None:
+            before_run(ex)
         t0 = time.monotonic()
         result = ex.run(tasks)
         log.info("run of %d shards: %.1f s, done %s, failed %s, redone %s, stalled %s", len(tasks),
@@ -498,3 +509,58 @@ def test_a_long_first_chunk_on_an_actor_is_work_not_a_stall(ray_session):
     result = run_steps(tasks, ReadCfg(chunk=2), matter_args=("slow_first", "10"), stall_timeout=5.0)
     assert_all_done(result, tasks)
     assert result.wall_s > 5
+
+
+
+def _kill_into_a_restart_that_never_ends(actor) -> None:
+    """Kill a matter actor's process (its restart then takes minutes: see Doubler "slow_restart") and wait
+    until Ray has it restarting: to the driver, which is not told, it is still up."""
+    from ray._private import state       # the actor's state in the GCS (the state API needs the dashboard)
+
+    pid = ray.get(actor.info.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while state.actors(actor._actor_id.hex())["State"] != "RESTARTING":
+        assert time.monotonic() < deadline, "the killed actor was never restarting"
+        time.sleep(0.1)
+
+
+#: Ray's own fault-injection hook (its tests use it): the GCS answers a process's subscription to an
+#: actor's state a second late, so a video task's first call to its actor is queued before its process
+#: knows the actor is restarting, as happens by chance under load
+LATE_ACTOR_STATE = "ControlPlanePubSubGcsService.grpc_server.GcsSubscriberCommandBatch=1000000:1000000"
+
+_UNSEEN_RUN = r"""
+import os, sys
+os.environ["RAY_testing_asio_delay_us"] = sys.argv[1]
+import ray
+from tests import test_executor as t
+ray.init(address="local", num_cpus=t.CLUSTER_CPUS, include_dashboard=False, log_to_driver=False)
+ray.cloudpickle.register_pickle_by_value(t)
+tasks = t.make_tasks(4, 2, 3)
+result = t.run_steps(tasks, matter_args=("slow_restart", "300"), num_actors=2, actor_cpus=0.5, max_restarts=1,
+                     stall_timeout=15.0, before_run=lambda ex: t._kill_into_a_restart_that_never_ends(ex.actors[1]))
+print("RESULT", sorted(result.done), result.failed, result.redone, result.stalled, round(result.wall_s, 1))
+t.assert_all_done(result, tasks, redone={})
+"""
+
+
+def test_a_video_bound_to_an_actor_that_went_unseen_goes_to_another(tmp_path):
+    """Two actors; actor 1's process is killed before the run and its restart never ends (a GPU that
+    went with its node), and nothing tells the driver: in the cluster, its only video task was
+    cancelled with a shard redone for a lost writer, or it went between two videos, or Ray reran a
+    video task whose node died. The videos handed to it are sent to actor 0, and every shard is
+    written exactly.
+
+    A video task's call to an actor is queued until its process knows where the actor is; when it
+    learns that the actor is restarting, Ray fails only the calls made after that, and the queued one
+    waits until the actor is back, for good here. Before, the driver asked only actors it knew were
+    down, so such a video task waited until the stall watchdog ended the run (test_cluster: a redone
+    shard's video task pending for 180 s, exit 1). Its own Ray cluster (a subprocess): the late
+    answer is set for the whole cluster when it starts."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", _UNSEEN_RUN, LATE_ACTOR_STATE], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "matter actor 1 is down" in out, out[-4000:]
