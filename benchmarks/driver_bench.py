@@ -1,6 +1,7 @@
 """The driver at SA-V scale: a split of many tiny videos through the real job (``pipeline.run``: real
 readers, encoders and shard writers on a local Ray cluster) with a sleep matter on several fake-GPU
-actors, before (per-segment driver work) and after (per-chunk).
+actors, before (the executor of commit 8a77995: the driver routes every chunk, two tasks and a stream item
+per chunk) and after (one video task per video: the driver sees a header and an outcome per video).
 
 Reports, per tree, from two split sizes run in the same benchmark (the difference removes fixed costs
 such as starting Ray):
@@ -24,10 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.trees import BEFORE_EXECUTOR, REPO, export, run_in
+from benchmarks.trees import REPO, export, run_in
 
 SAV_SEGMENTS = 1_400_000     # DESIGN.md: ~1.4M 12-frame segments in SA-V
 GPU_SEGMENTS_PER_S = 25 / 12  # one GPU at 25 annotated frames/s
+#: the executor before video tasks (per-chunk driver work; issue 16's first rounds landed there)
+BEFORE_DRIVER = "8a77995"
 
 SLEEP_MATTER = '''"""alpha = mask after a sleep: the GPU's time, without a GPU (benchmark only)."""
 import os, time
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=336, help="video frames per tiny video (24 fps; SA-V's videos "
                                                          "average about 14 s, ~26 segments each)")
     p.add_argument("--size", default="96x64", help="tiny video size WxH")
-    p.add_argument("--before", default=BEFORE_EXECUTOR, help="the commit measured as 'before'")
+    p.add_argument("--before", default=BEFORE_DRIVER, help="the commit measured as 'before'")
     p.add_argument("--workdir", type=Path, default=None, help="keep data and outputs here (default: a temp dir)")
     p.add_argument("--only", choices=("before", "after"), default=None, help="measure one tree only")
     args = p.parse_args(argv)

@@ -1,24 +1,32 @@
 """The executor: everything Ray. It joins or starts the cluster, starts the matter actors and the shard
-writers, and runs the scheduling loop that moves object references between the job's steps:
+writers, and runs the scheduling loop that hands whole videos to video tasks:
 
-    read (streaming task per video) -> matter (actor per GPU) -> encode (task per chunk) -> writer (actor)
+    video task (per video, bound to a matter actor): read -> matter (actor per GPU) -> encoder (actors, 2 per GPU) -> writer (actor)
 
-It knows the steps only through ``pipeline.protocol``. The driver never fetches pixels: a reader
-stream announces its video's keys in a small header and then yields chunks of segments, which go
-reader -> actor -> encoder -> writer as references; the driver's work is per chunk, not per segment.
-Bounded queues keep the object store bounded: at most ``read_ahead`` videos per actor are read at
-once (each stream holds a few chunks), and each actor has at most ``queue_depth`` chunks queued.
+It knows the steps only through ``pipeline.protocol``. The driver never sees a chunk: a video task reads
+its video and, per chunk, submits the matter on its actor and, chained behind it, the encode on an encoder
+actor, which hands the samples to the shard's writer itself; the driver gets three small items per video (the header
+with the planned keys, "read", then an outcome), so its work is per video, not per chunk or segment. Bounded
+queues keep the object store bounded: at most ``read_ahead`` video tasks feed each actor, and each
+video task keeps at most ``queue_depth`` of its chunks queued on the actor.
 
 Faults (nodes come and go):
 
-- a chunk on a matter actor that died or is restarting goes back to the queue and runs on a live
-  actor; an actor that comes back (restarted, or its GPU returned with a node) is used again;
-- a chunk whose data was lost (its reader's node died), a shard writer lost with its node, or a
-  shard whose writer recorded system failures is redone from its videos, in the same run, up to
-  ``shard_retries`` times; a shard that lost samples is never marked done;
-- a video whose reader process dies on it every time is recorded as failed rows (``Steps.lost``);
-- a stall watchdog ends a run in which nothing progresses for ``stall_timeout`` seconds (while no
-  actor is busy) with one line saying what it waits for; every unfinished shard is reported failed.
+- a video whose matter actor died or is restarting goes back to the queue and runs, from its first
+  chunk that did not reach the writer, on another live actor; an actor that comes back (restarted, or
+  its GPU returned with a node) is used again; a writer drops a key it already holds, so a chunk sent
+  twice never makes a duplicate;
+- the driver pings every actor that has video tasks bound to it (every 2 s); when one is not up, all
+  its video tasks are cancelled and their videos sent to other actors: a video task's call queued
+  before its process knew that the actor was restarting would wait for the actor, for good;
+- a chunk whose data or encoder was lost, a shard writer lost with its node, or a shard whose writer
+  recorded system failures is redone from its videos, in the same run, up to ``shard_retries`` times;
+  a shard that lost samples is never marked done;
+- a video whose video task process dies on it every time is recorded as failed rows (``Steps.lost``);
+  a reader that raises is bad input of its video too: the keys it did not deliver are failed rows;
+- a stall watchdog ends a run in which nothing progresses (no video task reports, no writer takes a
+  sample, no actor is running a chunk) for ``stall_timeout`` seconds with one line saying what it
+  waits for; every unfinished shard is reported failed.
 """
 
 from __future__ import annotations
@@ -30,18 +38,19 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
 from tqdm import tqdm
 
 from models.options import int_at_least, number_at_least, option
-from pipeline.protocol import Steps, VideoHeader
+from pipeline.protocol import Chunk, Steps, VideoHeader
 
 log = logging.getLogger(__name__)
 
-PING_PERIOD_S = 2.0          # how often an actor that is down (or a writer) is asked whether it is up
+PING_PERIOD_S = 2.0          # how often a matter actor with work bound to it (or one that is down) is asked
 WRITER_PING_PERIOD_S = 5.0
+HAND_OVER_S = 1.0            # an encode task hands its samples to the writer at least this often
 
 
 @dataclass
@@ -210,15 +219,21 @@ class WriterPool:
     Every call names the shard and its attempt; calls for an attempt that is no longer open are
     dropped (a shard redone after a loss never mixes samples of two attempts). Samples handed over by
     encode tasks may arrive before the driver's ``open_shard`` (calls from different callers are not
-    ordered): they wait for it."""
+    ordered): they wait for it. A key an open shard already holds is dropped: a chunk sent again
+    (its matter actor was lost, its encode task retried) never makes a duplicate, and the commit's
+    count check still catches a key that never came. Items for an attempt that was committed or aborted
+    are dropped (a video task the driver cancelled can still hand over a chunk). ``ping`` answers how
+    many samples the pool has taken so far: the driver's sign that encoders make progress."""
 
     def __init__(self, factory: Callable[[int, dict], Any]):
         self.factory = factory
-        self.open: dict[int, tuple[int, Any]] = {}
+        self.open: dict[int, tuple[int, Any, set]] = {}
         self.early: dict[tuple[int, int], list] = {}   # (index, attempt) -> items that came before open_shard
+        self.closed: set[tuple[int, int]] = set()      # (index, attempt) committed or aborted
+        self.taken = 0
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        return self.taken
 
     def _writer(self, index: int, attempt: int):
         held = self.open.get(index)
@@ -226,7 +241,7 @@ class WriterPool:
 
     def open_shard(self, index: int, attempt: int, marker: dict) -> None:
         self.abort(index)
-        self.open[index] = (attempt, self.factory(index, marker))
+        self.open[index] = (attempt, self.factory(index, marker), set())
         for key in [k for k in self.early if k[0] == index and k[1] <= attempt]:
             items = self.early.pop(key)
             if key[1] == attempt:
@@ -234,16 +249,25 @@ class WriterPool:
 
     def add(self, index: int, attempt: int, *items) -> None:
         """Items by value (e.g. failures): never raises, so no outcome is lost unseen."""
+        if (index, attempt) in self.closed:
+            return
         held = self.open.get(index)
         if held is None or held[0] < attempt:      # not opened yet: keep them for open_shard
             self.early.setdefault((index, attempt), []).extend(items)
             return
-        w = self._writer(index, attempt)
-        for item in items if w is not None else ():
+        if held[0] != attempt:
+            return
+        w, seen = held[1], held[2]
+        for item in items:
+            key = getattr(item, "key", None)
+            if key in seen:
+                continue
+            seen.add(key)
+            self.taken += 1
             try:
                 w.add(item)
             except Exception as exc:  # noqa: BLE001 - recorded: the shard will not be marked done
-                w.add_system_failure(getattr(item, "key", "?"), f"writer: {exc!r}")
+                w.add_system_failure(key or "?", f"writer: {exc!r}")
 
     def commit(self, index: int, attempt: int, expected: int):
         """Commit a shard that holds exactly the ``expected`` samples the driver routed to it."""
@@ -253,12 +277,209 @@ class WriterPool:
         if w.count != expected:
             w.add_system_failure("?", f"the writer holds {w.count} samples, {expected} were sent")
         del self.open[index]
+        self.closed.add((index, attempt))
         return w.commit()
 
     def abort(self, index: int) -> None:
         held = self.open.pop(index, None)
         if held is not None:
+            self.closed.add((index, held[0]))
             held[1].close()
+
+
+# --- the video task: read -> matter -> encode -> writer, on the cluster ------------------------------
+
+
+@dataclass
+class VideoOutcome:
+    """What a video task reports when it ends (the last item of its stream; small).
+
+    ``resume``: the first chunk that did not reach the writer because its matter actor was lost (the
+    driver sends the video from there to another actor); ``lost``: a chunk's data or its encoder was
+    lost (the shard is redone); ``writer_error``: the shard writer did not take the samples."""
+
+    items: int = 0
+    resume: int | None = None
+    actor_error: str = ""
+    actor_dead: bool = False
+    lost: str | None = None
+    writer_error: str | None = None
+
+
+def _poll(refs: list, n: int | None = None) -> None:
+    """Wait until ``n`` (default all) of ``refs`` are ready, polling: a blocking ``ray.get``/``ray.wait``
+    in a task hands its CPU back to the scheduler, which then starts more encode tasks, each a worker
+    process (on a small node, worker processes were started and killed over and over)."""
+    n = len(refs) if n is None else n
+    pause = 0.001
+    while len(ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)[0]) < n:
+        time.sleep(pause)
+        pause = min(0.05, pause * 2)
+
+
+@dataclass
+class VideoRead:
+    """The middle item of a video task's stream: its video is read (every chunk submitted); what is left
+    is waiting for the matter and the encoders, so its actor may take the next video meanwhile."""
+
+
+def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int, retries: int, ref,
+              start_chunk: int, actor, encoders: list, writer, index: int, attempt: int) -> Iterator:
+    """The stream of one video task: its VideoHeader, :class:`VideoRead`, then a :class:`VideoOutcome`.
+
+    Reads the video (chunks from ``start_chunk`` on) and, per chunk, submits the matter on ``actor`` and,
+    chained behind it, an encode task that hands the samples to the shard's writer itself: the driver
+    sees three small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
+    the actor. A reader that raises is bad input of its video, as ``read_video`` treats an unexpected
+    error: the keys it did not deliver become failed rows (``lost`` with the exception)."""
+    out = VideoOutcome()
+    adds: list = []
+    stream = read(ref, *read_args, start_chunk=start_chunk)
+    try:
+        header = next(stream)
+    except Exception as exc:  # noqa: BLE001 - bad input of this video: one row (a resumed stream: lost data)
+        if start_chunk:
+            out.lost = f"its reader raised when resumed: {exc!r}"
+            yield out
+            return
+        vid = getattr(ref, "video_id", "?")
+        fails = lost(vid, None, f"the reader raised {type(exc).__name__}: {exc}", exc)
+        header = VideoHeader(vid, [], fails, 1)
+        yield header
+        adds.append(writer.add.remote(index, attempt, *fails))
+        stream = iter(())
+    else:
+        if not isinstance(header, VideoHeader):
+            raise TypeError(f"a reader stream of {getattr(ref, 'video_id', '?')} began with {type(header).__name__}")
+        yield header
+        if header.failures:
+            adds.append(writer.add.remote(index, attempt, *header.failures))
+    chunk_keys = header.chunks()
+    matting: list = []       # refine refs of chunks not yet matted
+    delivering: list = []    # (chunk number, deliver ref)
+    c = start_chunk
+    while True:
+        try:
+            chunk = next(stream)
+        except StopIteration:
+            break
+        except Exception as exc:  # noqa: BLE001 - the rest of this video's keys become failed rows
+            keys = [k for ks in chunk_keys[c:] for k in ks]
+            why = f"the reader raised {type(exc).__name__}: {exc}"
+            adds.append(writer.add.remote(index, attempt, *lost(header.video_id, keys, why, exc)))
+            break
+        chunk_ref = ray.put(chunk)
+        del chunk
+        results = actor.refine.remote(chunk_ref)
+        delivering.append(_Delivery(c, chunk_ref, results, encoders[0].deliver.remote(chunk_ref, results, writer, index,
+                                                                                    attempt)))
+        matting.append(results)
+        c += 1
+        if len(matting) >= queue_depth:          # backpressure: this video's chunks queued on the actor
+            _poll(matting, len(matting) - queue_depth + 1)
+            matting = ray.wait(matting, num_returns=len(matting), timeout=0, fetch_local=False)[1]
+        while len(delivering) > queue_depth:     # and encodes in flight
+            _Sender(encoders, writer, index, attempt, retries, actor._actor_id.hex()).settle(delivering.pop(0), out)
+    yield VideoRead()
+    send = _Sender(encoders, writer, index, attempt, retries, actor._actor_id.hex())
+    while delivering:
+        send.settle(delivering.pop(0), out)
+    try:
+        _poll(adds)
+        ray.get(adds)
+    except ray.exceptions.RayError as exc:
+        out.writer_error = out.writer_error or _reason(exc)
+    yield out
+
+
+@dataclass
+class _Delivery:
+    chunk: int
+    chunk_ref: Any
+    results: Any
+    ref: Any
+    tries: int = 1
+
+
+@dataclass
+class _Sender:
+    """Settles a video task's deliveries; a delivery whose encoder process was lost (not the matter's
+    actor) is sent to the video's next encoder, up to ``retries`` times, then the chunk counts as lost."""
+
+    encoders: list
+    writer: Any
+    index: int
+    attempt: int
+    retries: int
+    matter_id: str
+
+    def settle(self, d: _Delivery, out: VideoOutcome) -> None:
+        while True:
+            try:
+                _poll([d.ref])
+                n, writer_error = ray.get(d.ref)
+            except ray.exceptions.RayActorError as exc:     # the matter actor died or is restarting, or the encoder
+                if getattr(exc, "actor_id", None) in (None, self.matter_id):
+                    out.resume = d.chunk if out.resume is None else min(out.resume, d.chunk)
+                    out.actor_error = out.actor_error or _reason(exc)
+                    out.actor_dead = out.actor_dead or isinstance(exc, ray.exceptions.ActorDiedError)
+                    return
+                if d.tries > self.retries:
+                    out.lost = out.lost or _reason(exc)     # its encoder died every time: the shard is redone
+                    return
+                enc = self.encoders[d.tries % len(self.encoders)]
+                d.tries += 1
+                d.ref = enc.deliver.remote(d.chunk_ref, d.results, self.writer, self.index, self.attempt)
+                continue
+            except ray.exceptions.RayError as exc:          # the chunk's data or its encoder was lost
+                out.lost = out.lost or _reason(exc)
+                return
+            out.items += n
+            if writer_error is not None:
+                out.writer_error = out.writer_error or writer_error
+            return
+
+
+def deliver(encode: Callable, encode_args: tuple, chunk, results, writer, index: int, attempt: int
+            ) -> tuple[int, str | None]:
+    """Encode a chunk after its matter, a sample at a time, handing the samples to its shard writer at
+    least every ``HAND_OVER_S`` seconds (a slow encode shows progress in the writer's count, the driver's
+    sign of it; a fast one makes one call per chunk): (items, writer error)."""
+    if len(results) != len(chunk.items):
+        encode(chunk, results, *encode_args)        # the step's own error for a wrong count
+        raise ValueError(f"{len(results)} matter results for a chunk of {len(chunk.items)}")
+    adds, done, last = [], [], time.monotonic()
+    for item, result in zip(chunk.items, results):
+        done += encode(Chunk(chunk.video_id, [item]), [result], *encode_args)
+        if time.monotonic() - last >= HAND_OVER_S:
+            adds.append(writer.add.remote(index, attempt, *done))
+            done, last = [], time.monotonic()
+    if done:
+        adds.append(writer.add.remote(index, attempt, *done))
+    try:
+        _poll(adds)
+        ray.get(adds)
+    except ray.exceptions.RayError as exc:
+        return len(chunk.items), _reason(exc)
+    return len(chunk.items), None
+
+
+class Encoder:
+    """An encoder process (a Ray actor, a few per matter actor): encodes chunks after their matter and hands
+    them to their shard writers (:func:`deliver`). Long-lived, so that video tasks on any node reuse
+    its process; encode tasks owned by many video tasks had their workers started and killed over and over."""
+
+    def __init__(self, encode: Callable, encode_args: tuple):
+        self.encode, self.encode_args = encode, encode_args
+
+    def ping(self) -> bool:
+        return True
+
+    def deliver(self, chunk, results, writer, index: int, attempt: int) -> tuple[int, str | None]:
+        return deliver(self.encode, self.encode_args, chunk, results, writer, index, attempt)
+
+
+ENCODERS_PER_ACTOR = 2
 
 
 # --- the scheduling loop --------------------------------------------------------------------------
@@ -270,6 +491,7 @@ class _Writer:
     alive: bool = True
     ping: Any = None
     next_ping: float = 0.0
+    taken: int = 0                    # samples it had taken at its last ping
 
 
 @dataclass(eq=False)
@@ -277,7 +499,8 @@ class _Actor:
     index: int
     handle: Any
     state: str = "up"                 # up | down (restarting or unreachable) | dead (for good)
-    load: int = 0                     # chunks in flight
+    load: int = 0                     # video tasks reading for it
+    finishing: int = 0                # video tasks done reading, waiting for its mattes and their encoders
     ping: Any = None
     next_ping: float = 0.0
     why: str = ""
@@ -289,9 +512,8 @@ class _Shard:
     attempt: int
     writer: _Writer
     next_video: int = 0
-    open_streams: int = 0
-    pending: int = 0                  # chunks received from readers, not yet handed to the writer
-    samples: int = 0                  # samples (ok or failed) routed to the writer so far
+    open_videos: int = 0              # videos handed out or queued, not yet finished
+    expected: int = 0                 # samples (ok or failed) the writer must hold: from the headers
     dead: bool = False                # superseded by a newer attempt, or failed
 
     @property
@@ -300,27 +522,27 @@ class _Shard:
 
     @property
     def all_read(self) -> bool:
-        return self.next_video == len(self.task.videos) and self.open_streams == 0
+        return self.next_video == len(self.task.videos) and self.open_videos == 0
 
 
 @dataclass(eq=False)
-class _Stream:
-    shard: _Shard
-    video_id: str
-    header: VideoHeader | None = None
-    chunks: list[list[str]] = field(default_factory=list)
-    delivered: int = 0
-
-
-@dataclass(eq=False)
-class _Work:
-    """A chunk on its way to the writer."""
+class _Video:
+    """A video of a shard attempt on its way through a video task (again, from ``start_chunk``, when its
+    actor was lost)."""
 
     shard: _Shard
-    video_id: str
     ref: Any
-    keys: list[str]
-    attempts: int = 0
+    start_chunk: int = 0
+    attempts: int = 0                 # times sent to another actor
+    failed_on: set = field(default_factory=set)   # indices of the actors it was lost on
+    counted: bool = False             # its header's samples are in shard.expected
+
+
+@dataclass(eq=False)
+class _Task:
+    video: _Video
+    actor: _Actor
+    reading: bool = True
 
 
 class Executor:
@@ -386,28 +608,33 @@ class Executor:
 
 
 class _Loop:
-    """The driver's scheduling loop of one :meth:`Executor.run` (moves references only)."""
+    """The driver's scheduling loop of one :meth:`Executor.run`: it hands whole videos to video tasks
+    (one per video, bound to a matter actor) and sees three small items per video, never a chunk."""
 
     def __init__(self, ex: Executor, tasks: list[ShardTask]):
         steps, res = ex.steps, ex.res
         self.ex, self.steps, self.res = ex, steps, res
         self.actors = [_Actor(i, a) for i, a in enumerate(ex.actors)]
         n = len(self.actors)
-        self.read_task = ray.remote(steps.read).options(
-            num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts,
-            _generator_backpressure_num_objects=res.queue_depth + 2)
         encode, encode_args = steps.encode, steps.encode_args
+        read, read_args, lost, depth = steps.read, steps.read_args, steps.lost, res.queue_depth
 
-        def deliver(chunk, results, writer, index: int, attempt: int) -> tuple[int, str | None]:
-            """Encode a chunk after its matter and hand it to its shard writer: (items, writer error)."""
-            items = encode(chunk, results, *encode_args)
-            try:
-                ray.get(writer.add.remote(index, attempt, *items))
-            except ray.exceptions.RayError as exc:
-                return len(items), _reason(exc)
-            return len(items), None
+        encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
+        # two per matter actor, as many as leave a CPU share for one video task (each reserves --encode-cpus)
+        spare = ray.cluster_resources().get("CPU", 0) - n * ex._resources.get("CPU", 0) - res.reader_cpus
+        fit = int(spare // res.encode_cpus) if res.encode_cpus > 0 else ENCODERS_PER_ACTOR * n
+        self.encoders = [encoder_cls.remote(encode, encode_args)
+                         for _ in range(max(1, min(ENCODERS_PER_ACTOR * max(1, n), fit)))]
+        self.n_submitted = 0
 
-        self.deliver_task = ray.remote(deliver).options(num_cpus=res.encode_cpus, max_retries=res.max_restarts)
+        retries = res.max_restarts
+
+        def video(ref, start_chunk: int, actor, encoders: list, writer, index: int, attempt: int):
+            yield from run_video(read, read_args, lost, depth, retries, ref, start_chunk, actor, encoders, writer,
+                                 index, attempt)
+
+        self.video_task = ray.remote(video).options(
+            num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts)
         self.pool_cls = ray.remote(WriterPool).options(
             num_cpus=0, max_restarts=0, resources={res.writer_resource: 0.001} if res.writer_resource else None)
         n_writers = min(res.writers or max(1, math.ceil(n / 4)), max(1, len(tasks)))
@@ -416,26 +643,39 @@ class _Loop:
         for t in tasks:
             self.pending.append(_Shard(t, 0, self.writers[t.index % n_writers]))
         self.active: list[_Shard] = []
-        self.streams: dict[Any, _Stream] = {}
-        self.ready: collections.deque[_Work] = collections.deque()
-        self.in_actor: dict[Any, _Actor] = {}                      # results ref -> the actor computing it
-        self.delivering: dict[Any, tuple[_Actor, _Work]] = {}     # deliver ref -> (actor, chunk)
+        self.queue: collections.deque[_Video] = collections.deque()   # videos sent again (their actor was lost)
+        self.tasks: dict[Any, _Task] = {}                            # video task stream -> its task
         self.committing: dict[Any, _Shard] = {}
         self.pings: dict[Any, _Actor | _Writer] = {}
         self.headers: dict[str, VideoHeader] = {}                 # video -> its header (kept across attempts)
         self.crashes: collections.Counter[str] = collections.Counter()   # video -> reader crashes on it
         self.result = ExecResult()
-        self.max_streams = max(1, res.read_ahead * n)
         self.last_progress = time.monotonic()
         self.bar = tqdm(desc="samples", unit="seg", disable=not ex.progress, smoothing=0.1)
 
-    # -- reading --
-    def _open_streams(self) -> None:
-        while len(self.streams) < self.max_streams:
+    # -- handing out videos --
+    def _fill(self) -> None:
+        """Give each actor that is up up to ``read_ahead`` videos at once (resent videos first)."""
+        while True:
+            video = self._next_video()
+            if video is None:
+                return
+            actor = self._pick(video)
+            if actor is None:
+                self.queue.appendleft(video)
+                return
+            self._submit(video, actor)
+
+    def _next_video(self) -> _Video | None:
+        while self.queue:
+            video = self.queue.popleft()
+            if not video.shard.dead:
+                return video
+        while True:
             shard = next((s for s in self.active if s.next_video < len(s.task.videos)), None)
             if shard is None:
-                if not self.pending:
-                    return
+                if not self.pending or not self._room():
+                    return None
                 shard = self.pending.popleft()
                 if not shard.writer.alive:
                     shard.writer = self._live_writer()
@@ -444,14 +684,39 @@ class _Loop:
                 continue
             ref = shard.task.videos[shard.next_video]
             shard.next_video += 1
-            if self.crashes[ref.video_id]:  # Ray already retried its reader max_restarts times
+            if self.crashes[ref.video_id]:  # Ray already retried its video task max_restarts times
                 self._give_up_video(shard, ref.video_id)
                 continue
-            shard.open_streams += 1
-            self.streams[self.read_task.remote(ref, *self.steps.read_args)] = _Stream(shard, ref.video_id)
+            shard.open_videos += 1
+            return _Video(shard, ref)
+
+    def _has_room(self, a: _Actor) -> bool:
+        """At most ``read_ahead`` videos being read for an actor, and one more waiting for it to finish."""
+        return a.load < self.res.read_ahead and a.load + a.finishing <= self.res.read_ahead
+
+    def _room(self) -> bool:
+        return any(a.state == "up" and self._has_room(a) for a in self.actors)
+
+    def _pick(self, video: _Video) -> _Actor | None:
+        """The least-loaded actor that is up and has room; one the video already failed on only when no
+        other actor is up at all (a lone actor that restarted)."""
+        up = [a for a in self.actors if a.state == "up"]
+        fresh = [a for a in up if a.index not in video.failed_on] or up
+        room = [a for a in fresh if self._has_room(a)]
+        return min(room, key=lambda a: a.load) if room else None
+
+    def _submit(self, video: _Video, actor: _Actor) -> None:
+        shard = video.shard
+        k, n = self.n_submitted, len(self.encoders)
+        encoders = [self.encoders[(k + i) % n] for i in range(min(n, 3))]   # the first, then two to retry on
+        self.n_submitted += 1
+        gen = self.video_task.remote(video.ref, video.start_chunk, actor.handle, encoders, shard.writer.handle,
+                                     shard.index, shard.attempt)
+        actor.load += 1
+        self.tasks[gen] = _Task(video, actor)
 
     def _give_up_video(self, shard: _Shard, video_id: str) -> None:
-        """A video whose reader died on it every time: its keys become failed rows (a bad input)."""
+        """A video whose video task died on it every time: its keys become failed rows (a bad input)."""
         header = self.headers.get(video_id)
         keys = header.keys if header is not None else None
         why = f"the reader process died on this video {self.crashes[video_id]} times"
@@ -460,133 +725,121 @@ class _Loop:
         if header is not None:
             fails = [*header.failures, *fails]
         shard.writer.handle.add.remote(shard.index, shard.attempt, *fails)
-        shard.samples += len(fails)
+        shard.expected += len(fails)
 
-    def _pull(self, gen, stream: _Stream) -> None:
+    # -- what the video tasks say --
+    def _pull(self, gen, task: _Task) -> None:
         try:
             item_ref = next(gen)
-        except StopIteration:
-            self._stream_ended(gen, stream)
+        except StopIteration:               # ended without its outcome (it was cancelled)
+            self._task_ended(gen, task, RuntimeError("the video task ended early"))
             return
-        if stream.shard.dead:
-            return
-        if stream.header is None:
-            try:
-                header = ray.get(item_ref)              # small: keys and plan failures
-            except ray.exceptions.RayError as exc:
-                self._stream_lost(gen, stream, exc)
-                return
-            if not isinstance(header, VideoHeader):
-                raise TypeError(f"a reader stream of {stream.video_id} began with {type(header).__name__}")
-            stream.header, stream.chunks = header, header.chunks()
-            self.headers[stream.video_id] = header
-            self._progress()
-            if header.failures:
-                stream.shard.writer.handle.add.remote(stream.shard.index, stream.shard.attempt, *header.failures)
-                stream.shard.samples += len(header.failures)
-            return
-        if stream.delivered >= len(stream.chunks):        # an error after the last chunk: the stream died
-            self._stream_lost(gen, stream, _fetch_error(item_ref))
-            return
-        keys = stream.chunks[stream.delivered]
-        stream.delivered += 1
-        stream.shard.pending += 1
-        self.ready.append(_Work(stream.shard, stream.video_id, item_ref, keys))   # pixels: never fetched here
-        self._progress()
-
-    def _stream_ended(self, gen, stream: _Stream) -> None:
-        del self.streams[gen]
-        stream.shard.open_streams -= 1
-        if stream.shard.dead:
-            return
-        if stream.header is None or stream.delivered < len(stream.chunks):
-            self._restart(stream.shard, f"the reader of {stream.video_id} stopped early")
-
-    def _stream_lost(self, gen, stream: _Stream, exc: BaseException | None) -> None:
-        del self.streams[gen]
-        ray.cancel(gen)
-        stream.shard.open_streams -= 1
-        if isinstance(exc, ray.exceptions.WorkerCrashedError):
-            self.crashes[stream.video_id] += 1
-        self._restart(stream.shard, f"the reader of {stream.video_id} was lost: {_reason(exc) if exc else '?'}")
-
-    # -- the matter --
-    def _dispatch(self) -> None:
-        """Send ready chunks to the least-loaded actors that are up."""
-        while self.ready:
-            work = self.ready[0]
-            if work.shard.dead:
-                self.ready.popleft()
-                continue
-            up = [a for a in self.actors if a.state == "up" and a.load < self.res.queue_depth]
-            if not up:
-                return
-            actor = min(up, key=lambda a: a.load)
-            self.ready.popleft()
-            # matter, then encode + hand to the writer, chained without a round trip through the driver
-            results = actor.handle.refine.remote(work.ref)
-            delivered = self.deliver_task.remote(work.ref, results, work.shard.writer.handle, work.shard.index,
-                                                 work.shard.attempt)
-            actor.load += 1
-            self.in_actor[results] = actor
-            self.delivering[delivered] = (actor, work)
-
-    def _matted(self, ref) -> None:
-        """An actor finished a chunk (or failed on it: the delivery says which): it can take another."""
-        self.in_actor.pop(ref).load -= 1
-
-    def _delivered(self, ref) -> None:
-        actor, work = self.delivering.pop(ref)
         try:
-            n, writer_error = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:       # the matter actor died or is restarting
-            self._actor_lost(actor, exc)
-            self._resend(work, f"matter actor {actor.index}: {_reason(exc)}")
+            item = ray.get(item_ref)        # small: a header or an outcome
+        except ray.exceptions.RayError as exc:
+            self._task_ended(gen, task, exc)
             return
-        except ray.exceptions.RayError as exc:            # the chunk's data was lost, its reader or encoder died
-            if isinstance(exc, ray.exceptions.WorkerCrashedError) and isinstance(
-                    _fetch_error(work.ref), ray.exceptions.WorkerCrashedError):
-                self.crashes[work.video_id] += 1          # the reader's crash (an encoder's is no bad input)
-            if not work.shard.dead:
-                self._restart(work.shard, f"a chunk of {work.video_id} was lost: {_reason(exc)}")
+        video = task.video
+        if video.shard.dead:
+            self._forget(gen, task)
             return
-        self.bar.update(n)
         self._progress()
-        if work.shard.dead:
+        if isinstance(item, VideoHeader):
+            self.headers[item.video_id] = item
+            if not video.counted:
+                video.counted = True
+                video.shard.expected += len(item.keys) + len(item.failures)
             return
-        work.shard.samples += n
-        if writer_error is not None:
-            self._writer_lost(work.shard.writer, RuntimeError(writer_error))
+        if isinstance(item, VideoRead):
+            if task.reading:
+                task.reading = False
+                task.actor.load -= 1
+                task.actor.finishing += 1
             return
-        work.shard.pending -= 1
+        self._forget(gen, task)
+        self._outcome(task, item)
 
-    def _resend(self, work: _Work, why: str) -> None:
-        if work.shard.dead:
-            return
-        work.attempts += 1
-        if work.attempts > self.res.max_restarts:
-            self._fail(work.shard, f"a chunk of {work.video_id} failed on {work.attempts} matter actors: {why}")
-            return
-        log.warning("%s; sending a chunk of %s to another actor", why, work.video_id)
-        self.ready.appendleft(work)
+    def _forget(self, gen, task: _Task) -> None:
+        if self.tasks.pop(gen, None) is not None:
+            if task.reading:
+                task.actor.load -= 1
+            else:
+                task.actor.finishing -= 1
+            task.video.shard.open_videos -= 1
 
-    def _actor_lost(self, actor: _Actor, exc: BaseException) -> None:
-        if isinstance(exc, ray.exceptions.ActorDiedError):
+    def _task_ended(self, gen, task: _Task, exc: BaseException) -> None:
+        """The video task failed as a whole: its process died every time Ray retried it (a reader crash:
+        the next attempt of the shard gives the video up), or it was lost otherwise."""
+        self._forget(gen, task)
+        ray.cancel(gen)
+        video = task.video
+        if video.shard.dead:
+            return
+        if isinstance(exc, ray.exceptions.WorkerCrashedError):
+            self.crashes[video.ref.video_id] += 1
+        self._restart(video.shard, f"the video task of {video.ref.video_id} was lost: {_reason(exc)}")
+
+    def _outcome(self, task: _Task, out: VideoOutcome) -> None:
+        video, actor = task.video, task.actor
+        self.bar.update(out.items)
+        if out.writer_error is not None:
+            self._writer_lost(video.shard.writer, RuntimeError(out.writer_error))
+        elif out.lost is not None:
+            self._restart(video.shard, f"a chunk of {video.ref.video_id} was lost: {out.lost}")
+        elif out.resume is not None:
+            self._actor_lost(actor, out.actor_error, out.actor_dead)
+            self._resend(video, out.resume, actor, f"matter actor {actor.index}: {out.actor_error}")
+
+    def _resend(self, video: _Video, start_chunk: int, actor: _Actor, why: str) -> None:
+        """Send the rest of a video whose matter actor was lost to another actor (bounded)."""
+        if video.shard.dead:
+            return
+        video.attempts += 1
+        if video.attempts > self.res.max_restarts:
+            self._fail(video.shard, f"a chunk of {video.ref.video_id} failed on {video.attempts} matter actors: {why}")
+            return
+        log.warning("%s; sending %s from chunk %d to another actor", why, video.ref.video_id, start_chunk)
+        video.failed_on.add(actor.index)
+        video.start_chunk = start_chunk
+        video.shard.open_videos += 1
+        self.queue.appendleft(video)
+
+    def _actor_lost(self, actor: _Actor, why: str, dead: bool) -> None:
+        """An actor failed a chunk or a ping: it takes nothing more until a ping finds it up again (or
+        never), and every video task still bound to it is sent to another actor (:meth:`_rescue`)."""
+        if dead:
             if actor.state != "dead":
-                log.error("matter actor %d is gone for good: %s", actor.index, _reason(exc))
-            actor.state, actor.why = "dead", _reason(exc)
+                log.error("matter actor %d is gone for good: %s", actor.index, why)
+            actor.state, actor.why = "dead", why
             if all(a.state == "dead" for a in self.actors):
                 self._fail_all("every matter actor died")
+                return
         elif actor.state == "up":
-            log.warning("matter actor %d is down (%s); waiting for it to come back", actor.index, _reason(exc))
-            actor.state, actor.why, actor.next_ping = "down", _reason(exc), time.monotonic() + PING_PERIOD_S
+            log.warning("matter actor %d is down (%s); waiting for it to come back", actor.index, why)
+            actor.state, actor.why, actor.next_ping = "down", why, time.monotonic() + PING_PERIOD_S
+        self._rescue(actor)
+
+    def _rescue(self, actor: _Actor) -> None:
+        """Cancel the video tasks bound to an actor that is not up and send their videos to other actors,
+        from the chunk each was sent from (the writer drops the keys it already holds).
+
+        Such a task may never report: a call is queued until the calling process knows where the actor
+        is, and when it learns that the actor is restarting, Ray fails only the calls made after that;
+        the queued one waits until the actor is back, for good when its GPU went with its node. A video
+        task's process often learns late (a new process, or Ray's rerun of a video task whose node died),
+        so only the driver, which created the actors and whose calls to a restarting actor fail at once,
+        can tell (by a ping, or a chunk another video task lost on the actor)."""
+        for gen, task in [(g, t) for g, t in self.tasks.items() if t.actor is actor]:
+            self._forget(gen, task)
+            ray.cancel(gen)
+            self._resend(task.video, task.video.start_chunk, actor, f"matter actor {actor.index}: {actor.why}")
 
     # -- writing --
     def _maybe_commit(self) -> None:
         for shard in list(self.active):
-            if shard.all_read and shard.pending == 0:
+            if shard.all_read:
                 self.active.remove(shard)
-                ref = shard.writer.handle.commit.remote(shard.index, shard.attempt, shard.samples)
+                ref = shard.writer.handle.commit.remote(shard.index, shard.attempt, shard.expected)
                 self.committing[ref] = shard
 
     def _committed(self, ref) -> None:
@@ -623,15 +876,15 @@ class _Loop:
 
     # -- shards --
     def _drop(self, shard: _Shard) -> None:
-        """Forget a shard attempt: its streams, queued chunks and open writer state."""
+        """Forget a shard attempt: its video tasks (cancelled), queued videos and open writer state."""
         shard.dead = True
         if shard in self.active:
             self.active.remove(shard)
-        for gen, st in list(self.streams.items()):
-            if st.shard is shard:
-                del self.streams[gen]
+        for gen, task in list(self.tasks.items()):
+            if task.video.shard is shard:
+                self._forget(gen, task)
                 ray.cancel(gen)
-        self.ready = collections.deque(w for w in self.ready if w.shard is not shard)
+        self.queue = collections.deque(v for v in self.queue if v.shard is not shard)
         if shard.writer.alive:
             shard.writer.handle.abort.remote(shard.index)
 
@@ -665,12 +918,10 @@ class _Loop:
         self.pending.clear()
         if committing:
             self.committing.clear()
-        self.ready.clear()
-        for gen in list(self.streams):
+        self.queue.clear()
+        for gen, task in list(self.tasks.items()):
+            self._forget(gen, task)
             ray.cancel(gen)
-        self.streams.clear()
-        self.delivering.clear()
-        self.in_actor.clear()
 
     # -- health --
     def _progress(self) -> None:
@@ -678,8 +929,9 @@ class _Loop:
 
     def _send_pings(self) -> None:
         now = time.monotonic()
-        for a in self.actors:
-            if a.state == "down" and a.ping is None and now >= a.next_ping:
+        for a in self.actors:         # down: is it back? up with work bound: is it still up?
+            if a.ping is None and now >= a.next_ping and (
+                    a.state == "down" or (a.state == "up" and a.load + a.finishing > 0)):
                 a.ping = a.handle.ping.remote()
                 self.pings[a.ping] = a
         for w in self.writers:
@@ -691,25 +943,43 @@ class _Loop:
         who = self.pings.pop(ref)
         who.ping = None
         try:
-            ray.get(ref)
+            answer = ray.get(ref)
         except ray.exceptions.RayError as exc:
             if isinstance(who, _Writer):
                 self._writer_lost(who, exc)
             else:
-                self._actor_lost(who, exc)
+                self._actor_lost(who, _reason(exc), isinstance(exc, ray.exceptions.ActorDiedError))
                 who.next_ping = time.monotonic() + PING_PERIOD_S
             return
         if isinstance(who, _Writer):
-            who.next_ping = time.monotonic() + WRITER_PING_PERIOD_S
-        elif who.state == "down":
+            who.next_ping = time.monotonic() + min(WRITER_PING_PERIOD_S, self.res.stall_timeout / 4)
+            if answer != who.taken:             # encoders handed it samples: progress, however slow
+                who.taken = answer
+                self._progress()
+            return
+        who.next_ping = time.monotonic() + PING_PERIOD_S
+        if who.state == "down":
             log.warning("matter actor %d is back", who.index)
             who.state, who.why = "up", ""
             self._progress()
 
     def _busy(self) -> bool:
-        """Work is running somewhere that is up: not a stall, however long it takes (e.g. a compile)."""
-        return any(a.state == "up" for a in self.in_actor.values()) or any(
-            s.writer.alive for s in self.committing.values())
+        """Work is running somewhere that is up: not a stall, however long it takes (a compile on a
+        matter actor, a commit). Asked only when nothing else progressed for ``stall_timeout``."""
+        if any(s.writer.alive for s in self.committing.values()):
+            return True
+        asked = {a.handle.running.remote(): a for a in self.actors if a.state == "up" and a.load + a.finishing > 0}
+        answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=10) if asked else ([], [])
+        busy = bool(late)   # every thread of the actor is in a chunk (a long first call: compile, autotune)
+        for ref in answered:
+            try:
+                busy = bool(ray.get(ref)) or busy
+            except ray.exceptions.RayActorError as exc:   # it went unseen: its videos go to other actors
+                self._actor_lost(asked[ref], _reason(exc), isinstance(exc, ray.exceptions.ActorDiedError))
+                busy = True
+            except ray.exceptions.RayError:
+                continue
+        return busy
 
     def waiting_for(self) -> str:
         """What the run waits for, in one line."""
@@ -720,15 +990,18 @@ class _Loop:
                              f"GPU {_free('GPU')}")
             elif a.state == "dead":
                 parts.append(f"matter actor {a.index} dead")
-        if self.streams or self.delivering:
-            parts.append(f"{len(self.streams)} reader and {len(self.delivering)} encode task(s) pending: "
+        if self.tasks:
+            parts.append(f"{len(self.tasks)} video task(s) (reading, matter idle, encoding) pending: "
                          f"CPU {_free('CPU')}")
         if not parts:
-            parts.append(f"{len(self.ready)} chunk(s) queued, no actor up")
+            parts.append(f"{len(self.queue)} video(s) queued, no actor up")
         return "; ".join(parts)
 
     def _check_stall(self) -> bool:
-        if self._busy() or time.monotonic() - self.last_progress < self.res.stall_timeout:
+        if time.monotonic() - self.last_progress < self.res.stall_timeout:
+            return False
+        if self._busy():
+            self._progress()
             return False
         why = f"no progress for {self.res.stall_timeout:g} s, waiting for: {self.waiting_for()}"
         log.error("%s", why)
@@ -737,35 +1010,25 @@ class _Loop:
         return True
 
     # -- the loop --
-    def _waitables(self) -> list:
-        room = len(self.ready) < self.res.queue_depth * max(1, len(self.actors))
-        streams = [g for g, s in self.streams.items() if room or s.header is None]
-        return [*streams, *self.in_actor, *self.delivering, *self.committing, *self.pings]
-
     def _handle(self, ref) -> None:
-        if ref in self.in_actor:
-            self._matted(ref)
-        elif ref in self.delivering:
-            self._delivered(ref)
+        if ref in self.tasks:
+            self._pull(ref, self.tasks[ref])
         elif ref in self.committing:
             self._committed(ref)
         elif ref in self.pings:
             self._pinged(ref)
-        elif ref in self.streams:
-            self._pull(ref, self.streams[ref])
 
     def run(self) -> ExecResult:
         t0 = time.perf_counter()
         try:
-            while self.pending or self.active or self.streams or self.committing or self.in_actor or self.delivering:
+            while self.pending or self.active or self.tasks or self.committing:
                 self.ex.on_tick()
-                self._open_streams()
-                self._dispatch()
+                self._fill()
                 self._maybe_commit()
                 self._send_pings()
                 if self._check_stall():
                     break
-                waitables = self._waitables()
+                waitables = [*self.tasks, *self.committing, *self.pings]
                 if not waitables:
                     time.sleep(0.2)
                     continue
@@ -778,17 +1041,10 @@ class _Loop:
             self.bar.close()
             for w in self.writers:  # every shard is committed or failed: their spill files go with them
                 ray.kill(w.handle, no_restart=True)
+            for e in self.encoders:
+                ray.kill(e, no_restart=True)
         self.result.wall_s = time.perf_counter() - t0
         return self.result
-
-
-def _fetch_error(ref) -> BaseException | None:
-    """The error a stream item holds (an item after the announced chunks is the stream's failure)."""
-    try:
-        ray.get(ref, timeout=10)
-    except ray.exceptions.RayError as exc:
-        return exc
-    return None
 
 
 def _actor_record(actor) -> dict:

@@ -47,6 +47,8 @@ class MatterActor:
         self.batch = max(1, config.batch_size)
         self.load_s = time.perf_counter() - t0
         self._lock = threading.Lock()
+        self._running = 0                        # refine calls in progress (two threads: guarded)
+        self._running_lock = threading.Lock()
         self._stager = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage")
         self.busy_s = 0.0
         self.calls = 0
@@ -63,6 +65,10 @@ class MatterActor:
     def ping(self) -> bool:
         return True
 
+    def running(self) -> int:
+        """Chunks being matted now (answers while a batch runs: a long compile is work, not a stall)."""
+        return self._running
+
     def info(self) -> dict:
         """Where this actor runs and what it loaded."""
         import ray
@@ -78,6 +84,15 @@ class MatterActor:
     def refine(self, chunk: Chunk) -> list:
         """The results of a chunk, aligned with its items: a uint8 matte per segment, its Failure per failed
         item. The segments run in batches of ``batch_size``."""
+        with self._running_lock:
+            self._running += 1
+        try:
+            return self._refine_chunk(chunk)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _refine_chunk(self, chunk: Chunk) -> list:
         datas = chunk.segments()
         batches = [datas[i:i + self.batch] for i in range(0, len(datas), self.batch)]
         mattes: dict[str, np.ndarray | Failure] = {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol
 
 from mava import schema
 from pipeline.errors import InputError
@@ -148,6 +148,9 @@ class MatterStep(Protocol):
     def ping(self) -> bool:
         """True when the actor is up (answers while a batch runs)."""
 
+    def running(self) -> int:
+        """Chunks being matted now (answers while a batch runs)."""
+
     def info(self) -> dict:
         """Where the actor runs and what it loaded."""
 
@@ -181,8 +184,9 @@ class Steps:
     matter(*matter_args) -> a :class:`MatterStep`;
     encode(chunk, results, *encode_args) -> list of what the writer's ``add`` takes;
     writer(index, marker) -> a :class:`ShardWriterStep`;
-    lost(video_id, keys, reason) -> Failures of keys whose reader died on them for good (the stream
-        was lost, so its keys fail; keys None: the video was never planned).
+    lost(video_id, keys, reason, raised=None) -> Failures of keys whose reader died on them for good
+        (keys None: the video was never planned), or, with ``raised``, that a reader which raised
+        that exception did not deliver (bad input of the video, as ``read_video`` records its own).
     """
 
     read: Callable[..., Iterator]
@@ -192,4 +196,4 @@ class Steps:
     encode: Callable[..., list]
     encode_args: tuple
     writer: Callable[[int, dict], ShardWriterStep]
-    lost: Callable[[str, Sequence[str] | None, str], list[Failure]]
+    lost: Callable[..., list[Failure]]

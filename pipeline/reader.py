@@ -452,11 +452,13 @@ def read_video(ref: VideoRef, cfg: ReaderConfig, start_chunk: int = 0) -> Iterat
         yield Chunk(ref.video_id, items[i:i + cfg.chunk])
 
 
-def lost_keys(video_id: str, keys: Sequence[str] | None, reason: str) -> list[Failure]:
+def lost_keys(video_id: str, keys: Sequence[str] | None, reason: str, raised: BaseException | None = None
+              ) -> list[Failure]:
     """Failures of the keys of a video whose reader process died on them every time it was retried
     (a decoder that crashes on this video is a problem of the sample, not of the machine); ``keys``
-    None: the reader died before it planned the video (one row for the whole video)."""
-    err = ReaderCrashed(video_id, reason)
+    None: the reader died before it planned the video (one row for the whole video). ``raised``: the
+    reader raised this instead (a ReaderError, as ``read_video`` records an unexpected error)."""
+    err = ReaderCrashed(video_id, reason) if raised is None else ReaderError(video_id, reason)
     keys = [schema.video_failure_key(video_id)] if keys is None else keys
     return [Failure(k, video_id, err.error_type, str(err), Stage.READ) for k in keys]
 

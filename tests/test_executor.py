@@ -10,10 +10,14 @@ Ray session, so each test pins down one behaviour of the loop, fast and exactly:
 - a matter actor that crashes and is restarted by Ray gets its chunks again (the output is unchanged);
 - the last matter actor dying for good ends the run at once, every shard failed, no hang;
 - the stall watchdog ends a run whose reader never answers, its shard failed, saying what it waits for;
-- a reader that raises mid-stream loses its shard's data: the shard is redone, then reported failed;
+- a reader that raises is bad input of its video: the keys it did not deliver become failed rows;
+- a matter actor that crashed takes no more work until it is back; a video lost on it goes elsewhere;
+- the watchdog waits for reads and encodes that progress, and ends a run whose encode hangs;
 - a reader process that dies on a video every time turns that video's keys into failed rows (``Steps.lost``);
 - a per-item matter failure is a failed row in the writer, not a lost shard;
-- a shard writer lost mid-run is replaced and its shards are redone, with the same output.
+- a shard writer lost mid-run is replaced and its shards are redone, with the same output;
+- a video bound to a matter actor that went without the driver being told (its restart never ends) is
+  sent to another actor, not left waiting for the actor until the stall watchdog ends the run.
 
 Ray pickles the steps; this module is not importable by name in Ray's workers (pytest imports it from
 ``tests/`` as ``test_executor``), so it is registered with cloudpickle to be sent by value.
@@ -27,6 +31,8 @@ import functools
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ from pipeline.protocol import Chunk, Failure, Stage, Steps, VideoHeader
 log = logging.getLogger(__name__)
 
 CLUSTER_CPUS = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- the steps (module level: Ray pickles them) ---------------------------------------------------
@@ -67,6 +74,7 @@ class ReadCfg:
     hang: tuple = ()                                 # video ids whose reader never yields its header
     crash_at: dict = field(default_factory=dict)     # video_id -> chunk index at which the reader process exits
     trace: str = ""                                  # a file that gets a line (the video id) per reader start
+    slow: float = 0.0                                # seconds the reader takes before each chunk
 
 
 def read(video: Video, cfg: ReadCfg, start_chunk: int = 0):
@@ -76,6 +84,8 @@ def read(video: Video, cfg: ReadCfg, start_chunk: int = 0):
             f.write(video.video_id + "\n")
     if video.video_id in cfg.hang:
         time.sleep(120)
+    if cfg.raise_at.get(video.video_id) == -1:
+        raise RuntimeError(f"reader bug in {video.video_id} before its header")
     items = [Item(f"{video.video_id}_{j:02d}", video.base + j) for j in range(video.n)]
     yield VideoHeader(video.video_id, [i.key for i in items], [], cfg.chunk)
     for c, lo in enumerate(range(0, len(items), cfg.chunk)):
@@ -85,17 +95,29 @@ def read(video: Video, cfg: ReadCfg, start_chunk: int = 0):
             os._exit(1)
         if cfg.raise_at.get(video.video_id) == c:
             raise RuntimeError(f"reader bug in {video.video_id}")
+        time.sleep(cfg.slow)
         yield Chunk(video.video_id, items[lo:lo + cfg.chunk])
 
 
 class Doubler:
     """A matter actor: doubles each item. ``mode``: "ok"; "die_once" (the process exits on its first
     chunk while ``marker`` does not exist, creating it); "die" (exits on every chunk); "fail" (the items
-    named in ``fail_keys`` get a Failure, as ``MatterActor`` reports a matter error about a sample)."""
+    named in ``fail_keys`` get a Failure, as ``MatterActor`` reports a matter error about a sample);
+    "slow_restart" (a restarted process takes ``marker`` seconds to load: a GPU that went with its node)."""
 
     def __init__(self, mode: str = "ok", marker: str = "", fail_keys: tuple = ()):
         self.mode, self.marker, self.fail_keys = mode, marker, fail_keys
+        if mode == "slow_restart" and ray.get_runtime_context().was_current_actor_reconstructed:
+            time.sleep(float(marker))
         self.calls = 0
+        self.in_refine = 0
+
+    def refine(self, chunk: Chunk) -> list:
+        self.in_refine += 1
+        try:
+            return self._refine(chunk)
+        finally:
+            self.in_refine -= 1
 
     def fingerprint(self) -> dict:
         return {"matter": "doubler", "mode": self.mode}
@@ -103,13 +125,34 @@ class Doubler:
     def ping(self) -> bool:
         return True
 
+    def running(self) -> int:
+        return self.in_refine
+
     def info(self) -> dict:
         return {"pid": os.getpid()}
 
     def stats(self) -> dict:
         return {"calls": self.calls, "busy_s": 0.0, "idle_s": 0.0}
 
-    def refine(self, chunk: Chunk) -> list:
+    def _refine(self, chunk: Chunk) -> list:
+        if self.mode == "doomed":
+            # the first actor to matte a chunk is doomed: every process of it (restarts too) exits on
+            # each chunk it gets; each life writes "<actor id> <pid> <video id>" to ``marker``.trace
+            me = ray.get_runtime_context().get_actor_id()
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, me.encode())
+                os.close(fd)
+            except FileExistsError:
+                pass
+            with open(self.marker) as f:
+                doomed = f.read() == me
+            if doomed:
+                with open(self.marker + ".trace", "a") as f:
+                    f.write(f"{me} {os.getpid()} {chunk.video_id}\n")
+                os._exit(1)
+        if self.mode == "slow_first" and self.calls == 0:   # a long first call (a compile): marker = seconds
+            time.sleep(float(self.marker))
         if self.mode == "die" or (self.mode == "die_once" and not os.path.exists(self.marker)):
             if self.mode == "die_once":
                 with open(self.marker, "w") as f:
@@ -125,6 +168,10 @@ def encode(chunk: Chunk, results: list, tag: str) -> list:
     that video's chunks exits."""
     if tag == f"crash:{chunk.video_id}":
         os._exit(1)
+    if tag == f"hang:{chunk.video_id}":
+        time.sleep(120)
+    if tag.startswith("slow:"):                       # "slow:<seconds per item>"
+        time.sleep(float(tag.split(":")[1]) * len(chunk.items))
     if len(results) != len(chunk.items):
         raise ValueError(f"{len(results)} results for {len(chunk.items)} items")
     return [r if isinstance(r, Failure) else Item(i.key, r) for i, r in zip(chunk.items, results)]
@@ -194,9 +241,10 @@ class Recorder:
         pass
 
 
-def lost(video_id: str, keys, reason: str) -> list:
+def lost(video_id: str, keys, reason: str, raised=None) -> list:
     keys = [f"{video_id}_video"] if keys is None else keys
-    return [Failure(k, video_id, "ReaderCrashed", reason, Stage.READ) for k in keys]
+    etype = "ReaderCrashed" if raised is None else "ReaderError"
+    return [Failure(k, video_id, etype, reason, Stage.READ) for k in keys]
 
 
 # --- harness --------------------------------------------------------------------------------------
@@ -237,8 +285,9 @@ def expected_items(task: ShardTask, skip: tuple = ()) -> dict:
 
 
 def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_timeout=None, encode_tag="x2",
-              **res) -> ExecResult:
-    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise)."""
+              before_run=None, **res) -> ExecResult:
+    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise);
+    ``before_run(executor)`` is called once its actors are up."""
     steps = Steps(read=read, read_args=(read_cfg or ReadCfg(),), matter=Doubler, matter_args=tuple(matter_args),
                   encode=encode, encode_args=(encode_tag,), writer=functools.partial(Recorder, *writer), lost=lost)
     cfg = ResourceConfig(**({"num_actors": 1, "actor_cpus": 1.0, "max_restarts": 1, "shard_retries": 1,
@@ -248,6 +297,8 @@ def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_
         ex.start_actors()           # actor start is bounded by stall_timeout too: not the one under test
         if stall_timeout is not None:
             ex.res = dataclasses.replace(cfg, stall_timeout=stall_timeout)
+        if before_run is not None:
+            before_run(ex)
         t0 = time.monotonic()
         result = ex.run(tasks)
         log.info("run of %d shards: %.1f s, done %s, failed %s, redone %s, stalled %s", len(tasks),
@@ -319,26 +370,32 @@ def test_a_reader_that_never_answers_ends_the_run_as_stalled(ray_session):
     assert 3 <= result.wall_s < 20
     assert result.done == {}
     assert result.stalled is not None
-    assert result.stalled.startswith("no progress for 3 s, waiting for: 1 reader and 0 encode task(s) pending: CPU ")
+    assert result.stalled.startswith("no progress for 3 s, waiting for: 1 video task(s) (reading, matter idle, "
+                                     "encoding) pending: CPU ")
     assert result.failed == {0: f"stalled ({result.stalled})"}
     assert result.redone == {}
 
 
-def test_a_reader_that_raises_mid_stream_fails_its_shard_after_its_retries(ray_session, tmp_path):
-    """A reader that raises (``read_video`` never does: it turns errors into rows) loses the rest of its
-    stream: the loop treats it as lost data, redoes the shard ``shard_retries`` times, then reports
-    it failed; other shards are written."""
+def test_a_reader_that_raises_is_bad_input_of_its_video(ray_session, tmp_path):
+    """A reader that raises (a Python exception; ``read_video`` itself never does: it records unexpected
+    errors as ReaderError rows) is treated as ``read_video`` treats such an error: bad input of that
+    video, not lost data. Mid-stream, the chunks it delivered stay and the keys it did not deliver
+    become failed rows; before its header, the video gets one row. Both shards are written (no exit 0
+    hides a sample: each is a row), nothing is redone, each video is read once."""
     tasks = make_tasks(2, 2, 3)
     trace = tmp_path / "reads"
-    result = run_steps(tasks, ReadCfg(raise_at={"s1v0": 1}, trace=str(trace)), shard_retries=1)
-    assert reads(trace)["s1v0"] == 2          # once per attempt: Ray does not retry an exception
-    assert sorted(result.done) == [0]
-    assert result.done[0].items == expected_items(tasks[0])
-    assert result.done[0].failed == {}
-    # the error is the stream's item for chunk 1: routed like a chunk, it fails the chunk's delivery
-    assert result.failed == {1: "a chunk of s1v0 was lost: reader bug in s1v0 (redone 1 times)"}
-    assert result.redone == {1: 1}
-    assert result.stalled is None
+    result = run_steps(tasks, ReadCfg(raise_at={"s1v0": 1, "s0v1": -1}, trace=str(trace)), shard_retries=1)
+    assert reads(trace) == {v.video_id: 1 for t in tasks for v in t.videos}
+    assert result.failed == {} and result.redone == {} and result.stalled is None
+    want1 = expected_items(tasks[1])
+    del want1["s1v0_02"]                      # chunk 1 of s1v0 (chunks of 2) was never read
+    assert result.done[1].items == want1
+    assert result.done[1].failed == {"s1v0_02": "ReaderError"}
+    assert result.done[1].messages == {"s1v0_02": "the reader raised RuntimeError: reader bug in s1v0"}
+    assert result.done[0].items == expected_items(tasks[0], skip=("s0v1",))
+    assert result.done[0].failed == {"s0v1_video": "ReaderError"}
+    assert result.done[0].messages == {"s0v1_video": "the reader raised RuntimeError: reader bug in s0v1 before "
+                                                     "its header"}
 
 
 def test_a_reader_process_that_dies_every_time_becomes_failed_rows(ray_session, tmp_path):
@@ -398,4 +455,112 @@ def test_an_encoder_that_dies_every_time_is_a_failed_shard_not_bad_input(ray_ses
     assert list(result.failed) == [0] and result.failed[0].startswith("a chunk of s0v1 was lost: ")
     assert result.failed[0].endswith("(redone 1 times)")
     assert reads(trace)["s0v1"] == 2          # read again on the redo: never given up as a bad video
-    assert result.redone == {0: 1} and result.stalled is None
+    # shard 1 may be redone too: a chunk of it can be on the encoder process when that dies
+    assert result.redone.get(0) == 1 and set(result.redone) <= {0, 1} and result.stalled is None
+
+
+def test_a_crashed_matter_actor_gets_no_more_work_until_it_is_back(ray_session, tmp_path):
+    """Two actors; the first to matte a chunk exits on every chunk (both of its lives: max_restarts=1).
+    A video lost on it goes to the other actor, and the crashed actor takes nothing until a ping finds
+    it back (before, a failed chunk lowered its load at once, so a crashed actor still "up" drew more
+    chunks: a resend could land on it again and exceed --max-restarts, failing the shard). Every shard
+    is written exactly; each life of the doomed actor saw one video, never one that had failed on it."""
+    marker = tmp_path / "doomed"
+    tasks = make_tasks(4, 2, 3)
+    result = run_steps(tasks, matter_args=("doomed", str(marker)), num_actors=2, actor_cpus=1.0, max_restarts=1,
+                       read_ahead=1)
+    assert_all_done(result, tasks, redone={})
+    lives = [line.split() for line in (tmp_path / "doomed.trace").read_text().splitlines()]
+    assert 1 <= len(lives) <= 2                          # one line per life: it exits on its first chunk
+    assert len({pid for _, pid, _ in lives}) == len(lives)
+    assert len({vid for _, _, vid in lives}) == len(lives)
+
+
+def test_the_watchdog_waits_for_progressing_reads_and_encodes(ray_session):
+    """Reads and encodes that take longer than --stall-timeout in all but make progress (a chunk read,
+    a sample handed to the writer) are not a stall, although no matter actor is busy meanwhile: the
+    writer's count of samples taken, asked by the driver's pings, is progress (before, only a chunk
+    on an up actor counted as busy, and such a run was ended as stalled)."""
+    tasks = [ShardTask(0, (Video("s0v0", 0, 4),), {"videos": ["s0v0"]})]
+    result = run_steps(tasks, ReadCfg(chunk=4), encode_tag="slow:1.5", stall_timeout=4.0)
+    assert_all_done(result, tasks)
+    assert result.wall_s > 4                  # the encode alone took 6 s
+    tasks = [ShardTask(0, (Video("s0v0", 0, 6),), {"videos": ["s0v0"]})]
+    result = run_steps(tasks, ReadCfg(chunk=1, slow=1.0), stall_timeout=3.0)
+    assert_all_done(result, tasks)
+    assert result.wall_s > 5                  # the reads alone took 6 s
+
+
+def test_a_hung_encode_ends_the_run_as_stalled(ray_session):
+    """An encode that never returns hands the writer nothing, no actor is busy: after --stall-timeout
+    the run ends, its shard failed, saying it waits for a video task."""
+    tasks = [ShardTask(0, (Video("s0v0", 0),), {"videos": ["s0v0"]})]
+    result = run_steps(tasks, encode_tag="hang:s0v0", stall_timeout=3.0)
+    assert 3 <= result.wall_s < 20
+    assert result.done == {} and result.redone == {}
+    assert result.stalled is not None and "1 video task(s)" in result.stalled
+    assert result.failed == {0: f"stalled ({result.stalled})"}
+
+
+def test_a_long_first_chunk_on_an_actor_is_work_not_a_stall(ray_session):
+    """The actor's first chunk takes longer than --stall-timeout (a compile) while nothing else moves:
+    the watchdog asks the actors whether a chunk runs, and waits."""
+    tasks = [ShardTask(0, (Video("s0v0", 0, 4),), {"videos": ["s0v0"]})]
+    result = run_steps(tasks, ReadCfg(chunk=2), matter_args=("slow_first", "10"), stall_timeout=5.0)
+    assert_all_done(result, tasks)
+    assert result.wall_s > 5
+
+
+
+def _kill_into_a_restart_that_never_ends(actor) -> None:
+    """Kill a matter actor's process (its restart then takes minutes: see Doubler "slow_restart") and wait
+    until Ray has it restarting: to the driver, which is not told, it is still up."""
+    from ray._private import state       # the actor's state in the GCS (the state API needs the dashboard)
+
+    pid = ray.get(actor.info.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while state.actors(actor._actor_id.hex())["State"] != "RESTARTING":
+        assert time.monotonic() < deadline, "the killed actor was never restarting"
+        time.sleep(0.1)
+
+
+#: Ray's own fault-injection hook (its tests use it): the GCS answers a process's subscription to an
+#: actor's state a second late, so a video task's first call to its actor is queued before its process
+#: knows the actor is restarting, as happens by chance under load
+LATE_ACTOR_STATE = "ControlPlanePubSubGcsService.grpc_server.GcsSubscriberCommandBatch=1000000:1000000"
+
+_UNSEEN_RUN = r"""
+import os, sys
+os.environ["RAY_testing_asio_delay_us"] = sys.argv[1]
+import ray
+from tests import test_executor as t
+ray.init(address="local", num_cpus=t.CLUSTER_CPUS, include_dashboard=False, log_to_driver=False)
+ray.cloudpickle.register_pickle_by_value(t)
+tasks = t.make_tasks(4, 2, 3)
+result = t.run_steps(tasks, matter_args=("slow_restart", "300"), num_actors=2, actor_cpus=0.5, max_restarts=1,
+                     stall_timeout=15.0, before_run=lambda ex: t._kill_into_a_restart_that_never_ends(ex.actors[1]))
+print("RESULT", sorted(result.done), result.failed, result.redone, result.stalled, round(result.wall_s, 1))
+t.assert_all_done(result, tasks, redone={})
+"""
+
+
+def test_a_video_bound_to_an_actor_that_went_unseen_goes_to_another(tmp_path):
+    """Two actors; actor 1's process is killed before the run and its restart never ends (a GPU that
+    went with its node), and nothing tells the driver: in the cluster, its only video task was
+    cancelled with a shard redone for a lost writer, or it went between two videos, or Ray reran a
+    video task whose node died. The videos handed to it are sent to actor 0, and every shard is
+    written exactly.
+
+    A video task's call to an actor is queued until its process knows where the actor is; when it
+    learns that the actor is restarting, Ray fails only the calls made after that, and the queued one
+    waits until the actor is back, for good here. Before, the driver asked only actors it knew were
+    down, so such a video task waited until the stall watchdog ended the run (test_cluster: a redone
+    shard's video task pending for 180 s, exit 1). Its own Ray cluster (a subprocess): the late
+    answer is set for the whole cluster when it starts."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", _UNSEEN_RUN, LATE_ACTOR_STATE], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "matter actor 1 is down" in out, out[-4000:]
