@@ -70,7 +70,7 @@ def _run_once(args: list[str], cpu: int | None, timeout: float) -> tuple[int, st
 # (argv, cpus, workers, timeout, folder); writes one line "<run> <code>" per finished run. A forked run
 # leaves the loop by raising SystemExit out of this top-level code, so the interpreter exits normally.
 _ZYGOTE = r"""
-import importlib, json, os, runpy, signal, sys, threading
+import importlib.util, json, os, runpy, signal, sys, threading
 job = json.loads(sys.stdin.read())
 argv, runs, workers = job["argv"], job["runs"], job["workers"]
 main = None
