@@ -324,14 +324,16 @@ class VideoRead:
 
 
 def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int, retries: int, ref,
-              start_chunk: int, actor, encoders: list, writer, index: int, attempt: int) -> Iterator:
+              start_chunk: int, actor, encoders: list, writer, index: int, attempt: int,
+              redeliver: Any = None) -> Iterator:
     """The stream of one video task: its VideoHeader, :class:`VideoRead`, then a :class:`VideoOutcome`.
 
     Reads the video (chunks from ``start_chunk`` on) and, per chunk, submits the matter on ``actor`` and,
     chained behind it, an encode task that hands the samples to the shard's writer itself: the driver
     sees three small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
     the actor. A reader that raises is bad input of its video, as ``read_video`` treats an unexpected
-    error: the keys it did not deliver become failed rows (``lost`` with the exception)."""
+    error: the keys it did not deliver become failed rows (``lost`` with the exception). ``redeliver``: the
+    remote function that encodes a chunk again, in a process of its own, after its encoder was lost."""
     out = VideoOutcome()
     adds: list = []
     stream = read(ref, *read_args, start_chunk=start_chunk)
@@ -379,9 +381,9 @@ def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int
             _poll(matting, len(matting) - queue_depth + 1)
             matting = ray.wait(matting, num_returns=len(matting), timeout=0, fetch_local=False)[1]
         while len(delivering) > queue_depth:     # and encodes in flight
-            _Sender(encoders, writer, index, attempt, retries, actor._actor_id.hex()).settle(delivering.pop(0), out)
+            _Sender(redeliver, writer, index, attempt, retries, actor._actor_id.hex()).settle(delivering.pop(0), out)
     yield VideoRead()
-    send = _Sender(encoders, writer, index, attempt, retries, actor._actor_id.hex())
+    send = _Sender(redeliver, writer, index, attempt, retries, actor._actor_id.hex())
     while delivering:
         send.settle(delivering.pop(0), out)
     try:
@@ -403,10 +405,12 @@ class _Delivery:
 
 @dataclass
 class _Sender:
-    """Settles a video task's deliveries; a delivery whose encoder process was lost (not the matter's
-    actor) is sent to the video's next encoder, up to ``retries`` times, then the chunk counts as lost."""
+    """Settles a video task's deliveries. A delivery whose encoder process was lost (not the matter's
+    actor) is encoded again by ``redeliver``, a task in a process of its own, up to ``retries`` times,
+    then the chunk counts as lost: a chunk that kills its encoder every time then kills only its own
+    processes, and the chunks lost with it on the shared encoder are encoded again, not lost with it."""
 
-    encoders: list
+    redeliver: Any
     writer: Any
     index: int
     attempt: int
@@ -424,20 +428,22 @@ class _Sender:
                     out.actor_error = out.actor_error or _reason(exc)
                     out.actor_dead = out.actor_dead or isinstance(exc, ray.exceptions.ActorDiedError)
                     return
-                if d.tries > self.retries:
-                    out.lost = out.lost or _reason(exc)     # its encoder died every time: the shard is redone
-                    return
-                enc = self.encoders[d.tries % len(self.encoders)]
-                d.tries += 1
-                d.ref = enc.deliver.remote(d.chunk_ref, d.results, self.writer, self.index, self.attempt)
-                continue
-            except ray.exceptions.RayError as exc:          # the chunk's data or its encoder was lost
+                why = exc
+            except ray.exceptions.WorkerCrashedError as exc:  # the process of a redelivery died
+                why = exc
+            except ray.exceptions.RayError as exc:          # the chunk's data was lost
                 out.lost = out.lost or _reason(exc)
                 return
-            out.items += n
-            if writer_error is not None:
-                out.writer_error = out.writer_error or writer_error
-            return
+            else:
+                out.items += n
+                if writer_error is not None:
+                    out.writer_error = out.writer_error or writer_error
+                return
+            if d.tries > self.retries or self.redeliver is None:
+                out.lost = out.lost or _reason(why)         # its encoder died every time: the shard is redone
+                return
+            d.tries += 1
+            d.ref = self.redeliver.remote(d.chunk_ref, d.results, self.writer, self.index, self.attempt)
 
 
 def deliver(encode: Callable, encode_args: tuple, chunk, results, writer, index: int, attempt: int
@@ -629,9 +635,16 @@ class _Loop:
 
         retries = res.max_restarts
 
+        def redeliver_chunk(chunk, results, writer, index: int, attempt: int) -> tuple[int, str | None]:
+            return deliver(encode, encode_args, chunk, results, writer, index, attempt)
+
+        # no CPU reserved: it runs only after an encoder was lost, and must not wait behind the video tasks
+        # that wait for it
+        redeliver = ray.remote(redeliver_chunk).options(num_cpus=0, max_retries=0)
+
         def video(ref, start_chunk: int, actor, encoders: list, writer, index: int, attempt: int):
             yield from run_video(read, read_args, lost, depth, retries, ref, start_chunk, actor, encoders, writer,
-                                 index, attempt)
+                                 index, attempt, redeliver)
 
         self.video_task = ray.remote(video).options(
             num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts)
@@ -708,7 +721,7 @@ class _Loop:
     def _submit(self, video: _Video, actor: _Actor) -> None:
         shard = video.shard
         k, n = self.n_submitted, len(self.encoders)
-        encoders = [self.encoders[(k + i) % n] for i in range(min(n, 3))]   # the first, then two to retry on
+        encoders = [self.encoders[k % n]]     # round robin; a chunk whose encoder is lost is encoded again apart
         self.n_submitted += 1
         gen = self.video_task.remote(video.ref, video.start_chunk, actor.handle, encoders, shard.writer.handle,
                                      shard.index, shard.attempt)
