@@ -136,15 +136,6 @@ def configured_fields(cls=MatterConfig) -> tuple[str, ...]:
     return _configured_fields(cls)
 
 
-def unresolvable_options(cfg: MatterConfig, options: dict) -> list[str]:
-    """The options of a matter's fingerprint that it fingerprints otherwise than configured although
-    they are not declared ``resolved`` (a matter breaking the contract :func:`configured_fields` relies on)."""
-    names = configured_fields()
-    want = fingerprint_options(cfg, names)
-    return [f"{k}: configured {want.get(k, '<absent>')!r}, fingerprinted {v!r}" for k, v in sorted(options.items())
-            if k in names and want.get(k, "<absent>") != v]
-
-
 Clip = tuple[np.ndarray, np.ndarray]   # (frames uint8[T,H,W,3], masks bool[T,H,W])
 
 

@@ -323,18 +323,18 @@ class VideoRead:
     is waiting for the matter and the encoders, so its actor may take the next video meanwhile."""
 
 
-def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int, retries: int, ref,
-              start_chunk: int, actor, encoders: list, writer, index: int, attempt: int,
-              redeliver: Any = None) -> Iterator:
+def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int, retries: int, redeliver, ref,
+              start_chunk: int, actor, encoder, writer, index: int, attempt: int) -> Iterator:
     """The stream of one video task: its VideoHeader, :class:`VideoRead`, then a :class:`VideoOutcome`.
 
     Reads the video (chunks from ``start_chunk`` on) and, per chunk, submits the matter on ``actor`` and,
-    chained behind it, an encode task that hands the samples to the shard's writer itself: the driver
+    chained behind it, the encode on ``encoder``, which hands the samples to the shard's writer itself: the driver
     sees three small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
     the actor. A reader that raises is bad input of its video, as ``read_video`` treats an unexpected
     error: the keys it did not deliver become failed rows (``lost`` with the exception). ``redeliver``: the
     remote function that encodes a chunk again, in a process of its own, after its encoder was lost."""
     out = VideoOutcome()
+    send = _Sender(redeliver, writer, index, attempt, retries, actor._actor_id.hex())
     adds: list = []
     stream = read(ref, *read_args, start_chunk=start_chunk)
     try:
@@ -373,17 +373,16 @@ def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int
         chunk_ref = ray.put(chunk)
         del chunk
         results = actor.refine.remote(chunk_ref)
-        delivering.append(_Delivery(c, chunk_ref, results, encoders[0].deliver.remote(chunk_ref, results, writer, index,
-                                                                                    attempt)))
+        delivering.append(_Delivery(c, chunk_ref, results, encoder.deliver.remote(chunk_ref, results, writer, index,
+                                                                                 attempt)))
         matting.append(results)
         c += 1
         if len(matting) >= queue_depth:          # backpressure: this video's chunks queued on the actor
             _poll(matting, len(matting) - queue_depth + 1)
             matting = ray.wait(matting, num_returns=len(matting), timeout=0, fetch_local=False)[1]
         while len(delivering) > queue_depth:     # and encodes in flight
-            _Sender(redeliver, writer, index, attempt, retries, actor._actor_id.hex()).settle(delivering.pop(0), out)
+            send.settle(delivering.pop(0), out)
     yield VideoRead()
-    send = _Sender(redeliver, writer, index, attempt, retries, actor._actor_id.hex())
     while delivering:
         send.settle(delivering.pop(0), out)
     try:
@@ -439,7 +438,7 @@ class _Sender:
                 if writer_error is not None:
                     out.writer_error = out.writer_error or writer_error
                 return
-            if d.tries > self.retries or self.redeliver is None:
+            if d.tries > self.retries:
                 out.lost = out.lost or _reason(why)         # its encoder died every time: the shard is redone
                 return
             d.tries += 1
@@ -642,9 +641,9 @@ class _Loop:
         # that wait for it
         redeliver = ray.remote(redeliver_chunk).options(num_cpus=0, max_retries=0)
 
-        def video(ref, start_chunk: int, actor, encoders: list, writer, index: int, attempt: int):
-            yield from run_video(read, read_args, lost, depth, retries, ref, start_chunk, actor, encoders, writer,
-                                 index, attempt, redeliver)
+        def video(ref, start_chunk: int, actor, encoder, writer, index: int, attempt: int):
+            yield from run_video(read, read_args, lost, depth, retries, redeliver, ref, start_chunk, actor, encoder,
+                                 writer, index, attempt)
 
         self.video_task = ray.remote(video).options(
             num_cpus=res.reader_cpus, num_returns="streaming", max_retries=res.max_restarts)
@@ -720,10 +719,9 @@ class _Loop:
 
     def _submit(self, video: _Video, actor: _Actor) -> None:
         shard = video.shard
-        k, n = self.n_submitted, len(self.encoders)
-        encoders = [self.encoders[k % n]]     # round robin; a chunk whose encoder is lost is encoded again apart
+        encoder = self.encoders[self.n_submitted % len(self.encoders)]   # round robin
         self.n_submitted += 1
-        gen = self.video_task.remote(video.ref, video.start_chunk, actor.handle, encoders, shard.writer.handle,
+        gen = self.video_task.remote(video.ref, video.start_chunk, actor.handle, encoder, shard.writer.handle,
                                      shard.index, shard.attempt)
         actor.load += 1
         self.tasks[gen] = _Task(video, actor)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mava import schema
 from mava.folder import SplitDir
-from models.base import MatterConfig, available_matters, configured_fields, fingerprint_options, unresolvable_options
+from models.base import MatterConfig, available_matters, configured_fields, fingerprint_options
 from models.options import fraction, int_at_least, number_at_least, option
 from pipeline import plan as planning
 from pipeline import sav
@@ -277,9 +277,12 @@ def _select_and_run(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPla
     except ClusterError as exc:
         raise JobError(str(exc)) from None
     matter = agreed_fingerprint(fingerprints)
-    wrong = unresolvable_options(cfg.matter_config, matter.get(schema.FP_OPTIONS) or {})
-    if wrong:
-        raise JobError(f"matter {cfg.matter!r} fingerprints options otherwise than configured ({'; '.join(wrong)}): "
+    # the refusal before the matters loaded assumed every option not declared resolved is fingerprinted as configured
+    known, options = cfg.known_fingerprint(), matter.get(schema.FP_OPTIONS) or {}
+    if wrong := known.changed(options):
+        what = "; ".join(f"{k}: configured {known.options.get(k, '<absent>')!r}, fingerprinted {options[k]!r}"
+                         for k in wrong)
+        raise JobError(f"matter {cfg.matter!r} fingerprints options otherwise than configured ({what}): "
                        "declare them resolved (output_option(..., resolved=True)) or fingerprint them as configured")
     fingerprint = {schema.FP_MATTER: matter, schema.FP_CONTENT: cfg.content_options()}
     try:

@@ -225,6 +225,10 @@ class KnownFingerprint:
     options: dict
     names: frozenset
 
+    def changed(self, options: dict) -> list[str]:
+        """The options of a matter fingerprint (``options``) that this run configures otherwise."""
+        return [k for k in sorted(options) if k in self.names and options[k] != self.options.get(k, "<absent>")]
+
     def conflicts(self, recorded: dict | None) -> list[str]:
         """The differences, in :func:`fingerprint_diff`'s words, that make ``recorded`` (a done marker's
         fingerprint) another fingerprint than this run's, whichever matter loads; [] when none is known yet.
@@ -234,7 +238,7 @@ class KnownFingerprint:
             return fingerprint_diff(None, {})
         matter = recorded.get(schema.FP_MATTER)
         theirs = matter.get(schema.FP_OPTIONS) if isinstance(matter, dict) else None
-        keys = [k for k in theirs if k in self.names] if isinstance(theirs, dict) else []
+        keys = self.changed(theirs) if isinstance(theirs, dict) else []
         old = {schema.FP_MATTER: {schema.FP_OPTIONS: {k: theirs[k] for k in keys}},
                schema.FP_CONTENT: recorded.get(schema.FP_CONTENT, "<absent>")}
         new = {schema.FP_MATTER: {schema.FP_OPTIONS: {k: self.options[k] for k in keys if k in self.options}},
@@ -368,9 +372,9 @@ def shard_facts(out: str | SplitDir, split: str, index: int) -> ShardFacts:
     return facts
 
 
-def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: dict | None,
+def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: dict | KnownFingerprint | None,
                 verify_tar: bool = False, plan_rec: dict | None = None, limited: bool = False,
-                facts: ShardFacts | None = None, known: KnownFingerprint | None = None) -> ShardCheck:
+                facts: ShardFacts | None = None) -> ShardCheck:
     """Whether a planned shard is provably the shard this run would write.
 
     ``done`` needs a readable marker of this shard plan (``plan_rec``, when the marker records one) for
@@ -381,8 +385,8 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
     plan, or a foreign marker), except that under ``limited`` a finished shard holding the planned
     videos and more is kept (a ``--limit-videos`` run does not cut finished shards short). ``facts``
     (:func:`gather_shard_facts`): decide from those; without them the shard's files are read one by one
-    (:func:`shard_facts`).
-    ``known``: with no ``fingerprint`` yet, a marker that differs from its known parts is a ``mismatch``.
+    (:func:`shard_facts`). ``fingerprint`` may be a :class:`KnownFingerprint` (what is known before the
+    matters load): a marker that differs from its known parts is a ``mismatch``.
     """
     d = as_split(out)
     if facts is None:
@@ -410,10 +414,12 @@ def check_shard(out: str | SplitDir, split: str, plan: ShardPlan, fingerprint: d
             return ShardCheck("other-videos", f"written for videos {_ids(got)}, but this plan puts {_ids(videos)} "
                                               "there (the split's video list changed, or the marker comes from "
                                               "another output)", marker)
-    if fingerprint is not None and marker.get(schema.MARKER_FINGERPRINT) != fingerprint:
-        diff = fingerprint_diff(marker.get(schema.MARKER_FINGERPRINT), fingerprint)
-        return ShardCheck("mismatch", "; ".join(diff), marker)
-    if fingerprint is None and known is not None and (diff := known.conflicts(marker.get(schema.MARKER_FINGERPRINT))):
+    recorded = marker.get(schema.MARKER_FINGERPRINT)
+    if isinstance(fingerprint, KnownFingerprint):
+        diff = fingerprint.conflicts(recorded)
+    else:
+        diff = fingerprint_diff(recorded, fingerprint) if fingerprint is not None and recorded != fingerprint else []
+    if diff:
         return ShardCheck("mismatch", "; ".join(diff), marker)
     return _check_files(d, split, plan.index, marker, facts, verify_tar)
 
@@ -460,7 +466,7 @@ def refused_shards(plans: list[ShardPlan], out: str | SplitDir, split: str, fact
     why. :func:`select_shards` finds these too, and those of another matter, weights or resolved option."""
     refused = {}
     for p in plans:
-        check = check_shard(out, split, p, None, False, plan, limited, facts, known)
+        check = check_shard(out, split, p, known, False, plan, limited, facts)
         if check.state in REFUSED:
             refused[p.index] = check.detail
     return refused
