@@ -10,7 +10,10 @@ such as starting Ray):
 - peak driver RSS, and its growth per 100 shards done (sampled while the run goes);
 - peak object-store use;
 - the largest GPU count one driver keeps fed at 25 annotated frames/s (12-frame segments), and the time
-  to run all of SA-V (1.4M segments) on 64 and 512 GPUs.
+  to run all of SA-V (1.4M segments) on 64 and 512 GPUs;
+- the cost of one round of the scheduling loop's wait with as many video tasks in flight as 16, 128 and
+  512 GPUs keep (the per-segment figures come from a few actors, where that cost is small): waiting on
+  the task streams themselves (before) and on the refs of their next items (after).
 
     python -m benchmarks.driver_bench [--videos 150 450] [--actors 8]
 """
@@ -29,6 +32,7 @@ from benchmarks.trees import REPO, export, run_in
 
 SAV_SEGMENTS = 1_400_000     # DESIGN.md: ~1.4M 12-frame segments in SA-V
 GPU_SEGMENTS_PER_S = 25 / 12  # one GPU at 25 annotated frames/s
+WAIT_PROBE_TASKS = (48, 384, 1536)   # video tasks in flight on 16, 128 and 512 GPUs
 #: the executor before video tasks (per-chunk driver work; issue 16's first rounds landed there)
 BEFORE_DRIVER = "8a77995"
 
@@ -56,6 +60,28 @@ time.sleep(5)
 c0, w0 = time.process_time(), time.monotonic()
 time.sleep(float(sys.argv[3]))
 print("@@RESULT@@" + json.dumps({"cpu_per_s": (time.process_time() - c0) / (time.monotonic() - w0)}))
+"""
+
+_WAIT_PROBE = r"""
+import json, sys, time, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+@ray.remote(num_returns="streaming", resources={"nowhere": 1})   # never scheduled: in flight for good
+def video():
+    yield 1
+
+out = {}
+for n in map(int, sys.argv[1:]):
+    gens = [video.remote() for _ in range(n)]
+    refs = [g._get_next_ref_n(1)[0] for g in gens]
+    for name, waitables in (("streams", gens), ("next_refs", refs)):
+        t, rounds = time.thread_time(), 20
+        for _ in range(rounds):
+            ray.wait(waitables, num_returns=len(waitables), timeout=0, fetch_local=False)
+        out.setdefault(name, {})[n] = (time.thread_time() - t) / rounds
+    for g in gens:
+        ray.cancel(g)
+print("@@RESULT@@" + json.dumps(out))
 """
 
 _DRIVER = r"""
@@ -210,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<7}{c * 1e3:>15.3f}{fed:>10.0f}{large['peak_rss'] / 2**20:>9.0f}"
                   f"{'-' if growth is None else f'{growth:.1f}':>15}{'-' if plasma is None else plasma:>11}"
                   f"{hours(64):>17}{hours(512):>13}")
+        # the loop waits on every video task in flight each round: what that costs at scale (read_ahead 2
+        # plus one finishing per actor: 3 streams per GPU); before: on the streams, after: on their next refs
+        probe = run_in(REPO, _WAIT_PROBE, *map(str, WAIT_PROBE_TASKS))
+        print("\none wait round of the scheduling loop, by video tasks in flight (GPUs x 3):")
+        for n in WAIT_PROBE_TASKS:
+            print(f"  {n:>5} tasks ({n // 3:>4} GPUs): on the streams {probe['streams'][str(n)] * 1e3:6.2f} ms, "
+                  f"on their next items' refs {probe['next_refs'][str(n)] * 1e3:6.2f} ms "
+                  f"({probe['next_refs'][str(n)] / probe['streams'][str(n)]:.2f}x)")
         if per_seg.get("before"):
             print(f"\ndriver CPU per segment, after / before: {per_seg['after'] / per_seg['before']:.3f}")
         print(f"goal: 512 GPUs x 25 frames/s = {512 * GPU_SEGMENTS_PER_S:.0f} segments/s, i.e. at most "
