@@ -482,11 +482,13 @@ def test_the_watchdog_waits_for_progressing_reads_and_encodes(ray_session):
     writer's count of samples taken, asked by the driver's pings, is progress (before, only a chunk
     on an up actor counted as busy, and such a run was ended as stalled)."""
     tasks = [ShardTask(0, (Video("s0v0", 0, 4),), {"videos": ["s0v0"]})]
-    result = run_steps(tasks, ReadCfg(chunk=4), encode_tag="slow:1.5", stall_timeout=4.0)
+    # each step (a sample's encode, a chunk's read) is well under the timeout, with room for a loaded
+    # machine (the suite runs two tests at once); all of them together take longer than the timeout
+    result = run_steps(tasks, ReadCfg(chunk=4), encode_tag="slow:2", stall_timeout=6.0)
     assert_all_done(result, tasks)
-    assert result.wall_s > 4                  # the encode alone took 6 s
+    assert result.wall_s > 6                  # the encode alone took 8 s
     tasks = [ShardTask(0, (Video("s0v0", 0, 6),), {"videos": ["s0v0"]})]
-    result = run_steps(tasks, ReadCfg(chunk=1, slow=1.0), stall_timeout=3.0)
+    result = run_steps(tasks, ReadCfg(chunk=1, slow=1.0), stall_timeout=5.0)
     assert_all_done(result, tasks)
     assert result.wall_s > 5                  # the reads alone took 6 s
 
