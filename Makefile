@@ -27,8 +27,11 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	$(PY) -c "from models.sam2_matte.config import require_sam2; require_sam2()"
 	touch $(STAMP)
 
+# two test files at a time (xdist workers, each with its own job server and Ray sessions): most tests
+# spend their time waiting on Ray, so one file at a time left ~40% of the 2 cores idle
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 demo: setup
 	$(PY) -m pipeline.demo --workdir $(DEMO)
