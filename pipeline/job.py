@@ -220,12 +220,15 @@ def _run_leased(cfg: JobConfig, out: SplitDir, plans: list[planning.ShardPlan], 
     removed = planning.clean_partials(out)
     if removed:
         log.info("removed %d partial files of an interrupted run", removed)
+    # every shard's facts, read once (markers past the end of the plan too: settle_plan checks them)
+    facts = planning.gather_shard_facts(out, cfg.split, failures=cfg.retry_failed)
     try:
         planning.settle_plan(out, cfg.split, plans, cfg.videos_per_shard, replan=cfg.replan, shards=cfg.shards,
-                             limited=cfg.limit_videos is not None)
+                             limited=cfg.limit_videos is not None, markers=facts.markers)
     except planning.PlanConflict as exc:
         raise JobError(str(exc)) from exc
-    facts = planning.gather_shard_facts(out, cfg.split, {p.index for p in plans}, failures=cfg.retry_failed)
+    if cfg.replan:      # it may have removed every shard
+        facts = planning.gather_shard_facts(out, cfg.split, failures=cfg.retry_failed)
     if not cfg.redo_mismatched:  # refuse what can be told now, before the matters load (minutes on GPUs)
         _refuse_mismatched(cfg, planning.refused_shards(plans, out, cfg.split, facts, cfg.known_fingerprint(),
                                                         plan=planning.plan_record(cfg.videos_per_shard),

@@ -131,7 +131,8 @@ def remove_shards(out: str | SplitDir) -> int:
 
 
 def settle_plan(out: str | SplitDir, split: str, plans: list[ShardPlan], videos_per_shard: int, *,
-                replan: bool = False, shards: set[int] | None = None, limited: bool = False) -> dict:
+                replan: bool = False, shards: set[int] | None = None, limited: bool = False,
+                markers: dict[int, dict | UnreadableFile] | None = None) -> dict:
     """Make sure the output holds one shard plan, this run's, before any shard is written (under the lease).
 
     Returns this run's plan record (it joins every done marker) after recording it in plan.json.
@@ -142,14 +143,15 @@ def settle_plan(out: str | SplitDir, split: str, plans: list[ShardPlan], videos_
     recorded, so the output is never half one plan and half the other; with ``shards`` it is refused
     for the same reason. Finished shards past the end of the plan (the split lost videos) are refused
     unless ``limited`` (``--limit-videos``: the rest of the split is not this run's); unfinished shard
-    files there (no done marker, left by an interrupted run) are removed.
+    files there (no done marker, left by an interrupted run) are removed. ``markers``: every done marker of
+    the output as :func:`read_markers` returns them, when the caller has them already (``ShardFacts``).
     """
     d = as_split(out)
     new = plan_record(videos_per_shard)
     if replan and shards is not None:
         raise PlanConflict("--replan rewrites the whole output, so it cannot be combined with --shards (a partial "
                            "re-plan would leave shards of two plans)")
-    markers = read_markers(d, split)
+    markers = read_markers(d, split) if markers is None else markers
     unreadable = None
     try:
         old, source = recorded_plan(d, markers)
