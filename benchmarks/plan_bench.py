@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="finished shards in the local output (default: the whole plan, videos / 8)")
     p.add_argument("--s3-videos", type=int, default=2000, help="video entries of the split on the local S3 server "
                                                                "(0: no S3 part)")
-    p.add_argument("--s3-shards", type=int, default=2000, help="finished shards on the local S3 server")
+    p.add_argument("--s3-shards", type=int, default=2000, help="finished shards on the local S3 server (with --s3-videos)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             (out / rel).write_bytes(data)
         report("local disk", args.videos, plan_s, len(plans), time_skip(str(out), "sav_train", plans))
-        if args.s3_videos or args.s3_shards:
+        if args.s3_videos:
             s3_part(tmp, args.s3_videos, args.s3_shards)
     return lifecycle.EXIT_OK
 
