@@ -3,11 +3,11 @@ shards, on local disk and on a local S3 server.
 
 - planning: ``list_videos`` + ``plan_shards`` of a train-layout split (``sav_NNN/`` folders of 1000 videos,
   an mp4 and a manual JSON per video; planning lists names, it opens neither);
-- the skip check of a rerun, as the job makes it: ``gather_shard_facts`` (every shard's marker, tar size and
-  manifest, read together once), ``settle_plan`` (the shard plan recorded in the output, from those
-  markers) and ``select_shards`` (every finished shard proved done from those facts), over N finished shards, against
-  the serial baseline measured in the same run (``check_shard`` per shard, each file read in turn: what
-  ``select_shards`` did before it fetched the shards' files together).
+- the skip check of a rerun, as the job makes it: ``gather_shard_facts`` (every shard's marker, tar size
+  and manifest, read together once), ``settle_plan`` (the shard plan recorded in the output, from those
+  markers) and ``select_shards`` (every finished shard proved done from those facts), over N finished
+  shards, against the serial baseline measured in the same run (``check_shard`` per shard, each file read
+  in turn: what ``select_shards`` did before it fetched the shards' files together).
 
     python -m benchmarks.plan_bench [--videos 50900] [--shards 6363] [--s3-videos 2000] [--s3-shards 2000]
 """
@@ -75,8 +75,8 @@ def time_plan(split_url: str) -> tuple[float, list]:
 
 
 def time_skip(out_split: str, split: str, plans: list, count=None) -> dict:
-    """Seconds of gather_shard_facts + settle_plan, and of select_shards (after) and of the serial per-shard check (before);
-    ``count()``: requests since its last call (S3), recorded as ``*_requests``."""
+    """Seconds of gather_shard_facts + settle_plan and of select_shards (after), and of the serial per-shard
+    check (before); ``count()``: requests since its last call (S3), recorded as ``*_requests``."""
     from mava.folder import SplitDir
     from pipeline import plan as planning
 
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="finished shards in the local output (default: the whole plan, videos / 8)")
     p.add_argument("--s3-videos", type=int, default=2000, help="video entries of the split on the local S3 server "
                                                                "(0: no S3 part)")
-    p.add_argument("--s3-shards", type=int, default=2000, help="finished shards on the local S3 server (with --s3-videos)")
+    p.add_argument("--s3-shards", type=int, default=2000,
+                   help="finished shards on the local S3 server (with --s3-videos)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
