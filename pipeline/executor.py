@@ -561,10 +561,12 @@ class Executor:
         self.progress = progress
         self.on_tick = on_tick or (lambda: None)
         self.actors: list = []
+        self.encoders: list = []
         self._resources: dict = {}
 
     def start_actors(self) -> list[dict]:
-        """Start the matter actors (each loads its matter) and return their fingerprints.
+        """Start the matter actors (each loads its matter) and the encoder actors; return the matter
+        actors' fingerprints once all are up (the run's stall watchdog then never waits on a process start).
 
         Raises ClusterError in one line when an actor cannot start (its constructor failed) or cannot be
         placed within ``stall_timeout`` (naming what it needs and what is free)."""
@@ -578,20 +580,31 @@ class Executor:
             max_concurrency=2)
         self.actors = [actor_cls.remote(*self.steps.matter_args) for _ in range(n)]
         refs = [a.fingerprint.remote() for a in self.actors]
+        encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
+        # two per matter actor, as many as leave a CPU share for one video task (each reserves --encode-cpus)
+        spare = ray.cluster_resources().get("CPU", 0) - n * actor_cpus - res.reader_cpus
+        fit = int(spare // res.encode_cpus) if res.encode_cpus > 0 else ENCODERS_PER_ACTOR * n
+        self.encoders = [encoder_cls.remote(self.steps.encode, self.steps.encode_args)
+                         for _ in range(max(1, min(ENCODERS_PER_ACTOR * max(1, n), fit)))]
+        pings = [e.ping.remote() for e in self.encoders]
         deadline = time.monotonic() + max(1.0, res.stall_timeout)
-        waiting = refs
+        waiting = [*refs, *pings]
         while waiting and time.monotonic() < deadline:
             self.on_tick()
-            waiting = ray.wait(refs, num_returns=len(refs), timeout=1.0)[1]
-        if waiting:
-            late = [refs.index(r) for r in waiting]
+            waiting = ray.wait(waiting, num_returns=len(waiting), timeout=1.0)[1]
+        late = [refs.index(r) for r in waiting if r in refs]
+        if late:
             raise ClusterError(f"matter actor(s) {','.join(map(str, late))} could not be placed in "
                                f"{res.stall_timeout:g} s: each needs {self._needs()}; GPU {_free('GPU')}, "
                                f"CPU {_free('CPU')}")
+        if waiting:
+            raise ClusterError(f"{len(waiting)} encoder actor(s) could not be placed in {res.stall_timeout:g} s: "
+                               f"each needs {res.encode_cpus:g} CPU; CPU {_free('CPU')}")
         try:
+            ray.get(pings)
             return ray.get(refs)
         except ray.exceptions.RayError as exc:
-            raise ClusterError(f"a matter actor could not start: {_reason(exc)}") from None
+            raise ClusterError(f"a matter or encoder actor could not start: {_reason(exc)}") from None
 
     def _needs(self) -> str:
         return " and ".join(f"{v:g} {k}" for k, v in self._resources.items() if v) or "nothing"
@@ -607,10 +620,10 @@ class Executor:
         return [_actor_record(a) for a in self.actors]
 
     def shutdown(self) -> None:
-        """Stop the matter actors (frees their GPUs/CPUs for the next job in this Ray session)."""
-        for a in self.actors:
+        """Stop the matter and encoder actors (frees their GPUs/CPUs for the next job in this Ray session)."""
+        for a in [*self.actors, *self.encoders]:
             ray.kill(a, no_restart=True)
-        self.actors = []
+        self.actors, self.encoders = [], []
 
 
 class _Loop:
@@ -624,13 +637,7 @@ class _Loop:
         n = len(self.actors)
         encode, encode_args = steps.encode, steps.encode_args
         read, read_args, lost, depth = steps.read, steps.read_args, steps.lost, res.queue_depth
-
-        encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
-        # two per matter actor, as many as leave a CPU share for one video task (each reserves --encode-cpus)
-        spare = ray.cluster_resources().get("CPU", 0) - n * ex._resources.get("CPU", 0) - res.reader_cpus
-        fit = int(spare // res.encode_cpus) if res.encode_cpus > 0 else ENCODERS_PER_ACTOR * n
-        self.encoders = [encoder_cls.remote(encode, encode_args)
-                         for _ in range(max(1, min(ENCODERS_PER_ACTOR * max(1, n), fit)))]
+        self.encoders = ex.encoders
         self.n_submitted = 0
 
         retries = res.max_restarts
@@ -1068,8 +1075,6 @@ class _Loop:
             self.bar.close()
             for w in self.writers:  # every shard is committed or failed: their spill files go with them
                 ray.kill(w.handle, no_restart=True)
-            for e in self.encoders:
-                ray.kill(e, no_restart=True)
         self.result.wall_s = time.perf_counter() - t0
         return self.result
 
