@@ -672,6 +672,7 @@ class _Loop:
         self.crashes: collections.Counter[str] = collections.Counter()   # video -> reader crashes on it
         self.result = ExecResult()
         self.last_progress = time.monotonic()
+        self.suspect: float | None = None     # when the watchdog first found nothing progressing nor running
         self.bar = tqdm(desc="samples", unit="seg", disable=not ex.progress, smoothing=0.1)
 
     # -- handing out videos --
@@ -984,7 +985,7 @@ class _Loop:
                 who.next_ping = time.monotonic() + PING_PERIOD_S
             return
         if isinstance(who, _Writer):
-            who.next_ping = time.monotonic() + min(WRITER_PING_PERIOD_S, self.res.stall_timeout / 4)
+            who.next_ping = time.monotonic() + self._writer_ping_period()
             if answer != who.taken:             # encoders handed it samples: progress, however slow
                 who.taken = answer
                 self._progress()
@@ -994,6 +995,9 @@ class _Loop:
             log.warning("matter actor %d is back", who.index)
             who.state, who.why = "up", ""
             self._progress()
+
+    def _writer_ping_period(self) -> float:
+        return min(WRITER_PING_PERIOD_S, self.res.stall_timeout / 4)
 
     def _busy(self) -> bool:
         """Work is running somewhere that is up: not a stall, however long it takes (a compile on a
@@ -1030,10 +1034,23 @@ class _Loop:
         return "; ".join(parts)
 
     def _check_stall(self) -> bool:
-        if time.monotonic() - self.last_progress < self.res.stall_timeout:
+        """After ``stall_timeout`` without progress and nothing running, look once more after two writer
+        pings (asked at once): a chunk that ended just before the first look is being encoded, and its
+        samples reach a writer within that time. Then end the run as stalled."""
+        now = time.monotonic()
+        if now - self.last_progress < self.res.stall_timeout:
+            self.suspect = None
+            return False
+        if self.suspect is not None and now - self.suspect < 2 * self._writer_ping_period():
             return False
         if self._busy():
             self._progress()
+            self.suspect = None
+            return False
+        if self.suspect is None:
+            self.suspect = now
+            for w in self.writers:
+                w.next_ping = 0.0
             return False
         why = f"no progress for {self.res.stall_timeout:g} s, waiting for: {self.waiting_for()}"
         log.error("%s", why)
