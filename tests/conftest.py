@@ -100,6 +100,9 @@ LONG_FILES = ("test_trust.py", "test_cluster.py", "test_job.py", "test_executor.
 
 
 def pytest_collection_modifyitems(config, items):
-    """The files of :data:`LONG_FILES` first, in that order; every file's own tests keep their order."""
+    """Under xdist: the files of :data:`LONG_FILES` first, in that order; every file's own tests keep
+    their order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
