@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 PING_PERIOD_S = 2.0          # how often a matter actor with work bound to it (or one that is down) is asked
 WRITER_PING_PERIOD_S = 5.0
 HAND_OVER_S = 1.0            # an encode task hands its samples to the writer at least this often
+#: a video task whose process has not begun it, or a writer that has not answered its first ping (a
+#: process being started on a loaded node), is Ray's work, not a stall, for this long after its submission
+#: (Ray's own limit for a worker process to register is 60 s); one that never starts (no CPU left for it)
+#: is then a stall like any other
+START_GRACE_S = 60.0
 
 
 @dataclass
@@ -318,6 +323,12 @@ def _poll(refs: list, n: int | None = None) -> None:
 
 
 @dataclass
+class VideoStarted:
+    """The first item of a video task's stream: its process runs it (until then the task is Ray's: waiting
+    for resources, a worker process being started)."""
+
+
+@dataclass
 class VideoRead:
     """The middle item of a video task's stream: its video is read (every chunk submitted); what is left
     is waiting for the matter and the encoders, so its actor may take the next video meanwhile."""
@@ -325,14 +336,16 @@ class VideoRead:
 
 def run_video(read: Callable, read_args: tuple, lost: Callable, queue_depth: int, retries: int, redeliver, ref,
               start_chunk: int, actor, encoder, writer, index: int, attempt: int) -> Iterator:
-    """The stream of one video task: its VideoHeader, :class:`VideoRead`, then a :class:`VideoOutcome`.
+    """The stream of one video task: :class:`VideoStarted`, its VideoHeader, :class:`VideoRead`, then a
+    :class:`VideoOutcome`.
 
     Reads the video (chunks from ``start_chunk`` on) and, per chunk, submits the matter on ``actor`` and,
     chained behind it, the encode on ``encoder``, which hands the samples to the shard's writer itself: the driver
-    sees three small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
+    sees four small items per video, never a chunk. At most ``queue_depth`` chunks of this video wait on
     the actor. A reader that raises is bad input of its video, as ``read_video`` treats an unexpected
     error: the keys it did not deliver become failed rows (``lost`` with the exception). ``redeliver``: the
     remote function that encodes a chunk again, in a process of its own, after its encoder was lost."""
+    yield VideoStarted()
     out = VideoOutcome()
     send = _Sender(redeliver, writer, index, attempt, retries, actor._actor_id.hex())
     adds: list = []
@@ -497,6 +510,8 @@ class _Writer:
     ping: Any = None
     next_ping: float = 0.0
     taken: int = 0                    # samples it had taken at its last ping
+    created: float = field(default_factory=time.monotonic)
+    up: bool = False                  # it answered a ping (until then its process is starting)
 
 
 @dataclass(eq=False)
@@ -549,6 +564,8 @@ class _Task:
     actor: _Actor
     reading: bool = True
     next_item: Any = None             # the ref of its stream's next item (waited on instead of the stream)
+    submitted: float = field(default_factory=time.monotonic)
+    started: bool = False             # its process runs it (it sent VideoStarted)
 
 
 class Executor:
@@ -628,7 +645,7 @@ class Executor:
 
 class _Loop:
     """The driver's scheduling loop of one :meth:`Executor.run`: it hands whole videos to video tasks
-    (one per video, bound to a matter actor) and sees three small items per video, never a chunk."""
+    (one per video, bound to a matter actor) and sees four small items per video, never a chunk."""
 
     def __init__(self, ex: Executor, tasks: list[ShardTask]):
         steps, res = ex.steps, ex.res
@@ -774,6 +791,10 @@ class _Loop:
             self._forget(gen, task)
             return
         self._progress()
+        if isinstance(item, VideoStarted):
+            task.started = True
+            self._expect(gen, task)
+            return
         if isinstance(item, VideoHeader):
             self.headers[item.video_id] = item
             if not video.counted:
@@ -986,6 +1007,9 @@ class _Loop:
             return
         if isinstance(who, _Writer):
             who.next_ping = time.monotonic() + self._writer_ping_period()
+            if not who.up:
+                who.up = True
+                self._progress()
             if answer != who.taken:             # encoders handed it samples: progress, however slow
                 who.taken = answer
                 self._progress()
@@ -1001,9 +1025,14 @@ class _Loop:
 
     def _busy(self) -> bool:
         """Work is running somewhere that is up: not a stall, however long it takes (a compile on a
-        matter actor, a commit). Asked only when nothing else progressed for ``stall_timeout``."""
+        matter actor, a commit), or a video task or writer is starting (within ``START_GRACE_S``). Asked only
+        when nothing else progressed for ``stall_timeout``."""
         if any(s.writer.alive for s in self.committing.values()):
             return True
+        now = time.monotonic()
+        if any(not t.started and now - t.submitted < START_GRACE_S for t in self.tasks.values()) or any(
+                w.alive and not w.up and now - w.created < START_GRACE_S for w in self.writers):
+            return True             # a process being started on a loaded node, within Ray's own bound
         asked = {a.handle.running.remote(): a for a in self.actors if a.state == "up" and a.load + a.finishing > 0}
         answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=10) if asked else ([], [])
         busy = bool(late)   # every thread of the actor is in a chunk (a long first call: compile, autotune)
@@ -1026,9 +1055,15 @@ class _Loop:
                              f"GPU {_free('GPU')}")
             elif a.state == "dead":
                 parts.append(f"matter actor {a.index} dead")
-        if self.tasks:
-            parts.append(f"{len(self.tasks)} video task(s) (reading, matter idle, encoding) pending: "
+        starting = sum(not t.started for t in self.tasks.values())
+        if starting:
+            parts.append(f"{starting} video task(s) not started: CPU {_free('CPU')}")
+        if len(self.tasks) > starting:
+            parts.append(f"{len(self.tasks) - starting} video task(s) (reading, matter idle, encoding) pending: "
                          f"CPU {_free('CPU')}")
+        silent = sum(w.alive and not w.up for w in self.writers)
+        if silent:
+            parts.append(f"{silent} shard writer(s) not started")
         if not parts:
             parts.append(f"{len(self.queue)} video(s) queued, no actor up")
         return "; ".join(parts)

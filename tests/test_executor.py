@@ -13,6 +13,7 @@ Ray session, so each test pins down one behaviour of the loop, fast and exactly:
 - a reader that raises is bad input of its video: the keys it did not deliver become failed rows;
 - a matter actor that crashed takes no more work until it is back; a video lost on it goes elsewhere;
 - the watchdog waits for reads and encodes that progress, and ends a run whose encode hangs;
+- it waits for a video task that has not started yet, up to a bound;
 - a reader process that dies on a video every time turns that video's keys into failed rows (``Steps.lost``);
 - a per-item matter failure is a failed row in the writer, not a lost shard;
 - a shard writer lost mid-run is replaced and its shards are redone, with the same output;
@@ -34,6 +35,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -511,6 +513,51 @@ def test_a_long_first_chunk_on_an_actor_is_work_not_a_stall(ray_session):
     result = run_steps(tasks, ReadCfg(chunk=2), matter_args=("slow_first", "10"), stall_timeout=5.0)
     assert_all_done(result, tasks)
     assert result.wall_s > 5
+
+
+@ray.remote(num_cpus=0)
+class CpuHog:
+    """Holds CPUs of the cluster (its ``num_cpus`` option) until it is killed."""
+
+    def ping(self) -> bool:
+        return True
+
+
+def _hold_free_cpus(hogs: list, release_after: float | None = None):
+    """A ``before_run`` that takes every CPU left free, so the run's video task cannot start; released
+    ``release_after`` seconds into the run (or never)."""
+    def before_run(ex) -> None:
+        hog = CpuHog.options(num_cpus=ray.available_resources().get("CPU", 0)).remote()
+        ray.get(hog.ping.remote())
+        hogs.append(hog)
+        if release_after is not None:
+            threading.Timer(release_after, ray.kill, (hog,)).start()
+    return before_run
+
+
+def test_a_video_task_not_started_yet_is_not_a_stall_until_the_grace_ends(ray_session, monkeypatch):
+    """A video task whose process has not begun it (here: no CPU free until another job lets go, as a
+    worker process being started on a loaded node) is Ray's work: the 3 s watchdog waits. One that never
+    starts ends the run after ``START_GRACE_S``, saying so (before, a worker start slower than the
+    timeout under load ended short runs as stalled: the executor's watchdog tests, in CI)."""
+    from pipeline import executor
+
+    tasks = [ShardTask(0, (Video("s0v0", 0, 4),), {"videos": ["s0v0"]})]
+    hogs: list = []
+    try:
+        result = run_steps(tasks, stall_timeout=3.0, before_run=_hold_free_cpus(hogs, release_after=8.0))
+        assert_all_done(result, tasks)
+        assert result.wall_s > 8                      # it waited for the CPUs
+        monkeypatch.setattr(executor, "START_GRACE_S", 5.0)
+        result = run_steps(tasks, stall_timeout=3.0, before_run=_hold_free_cpus(hogs))
+        assert 5 <= result.wall_s < 30
+        assert result.stalled is not None
+        assert re.fullmatch(r"no progress for 3 s, waiting for: 1 video task\(s\) not started: CPU 0 of 4 free "
+                            r"in the cluster", result.stalled), result.stalled
+        assert result.failed == {0: f"stalled ({result.stalled})"}
+    finally:
+        for hog in hogs:
+            ray.kill(hog)
 
 
 
