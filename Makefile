@@ -25,6 +25,9 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	SAM2_BUILD_CUDA=0 $(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -r requirements-sam2.lock
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c "from models.sam2_matte.config import require_sam2; require_sam2()"
+	# pymatting (the closed-form matter) compiles its numba kernels when imported, into a cache next to
+	# its sources: once here (~70 s on 2 cores), as pip compiles .pyc, not in the first run or test that uses it
+	$(PY) -c "import pymatting"
 	touch $(STAMP)
 
 # TEST_WORKERS=2: two test files at a time (xdist workers, each with its own job server and Ray sessions),
