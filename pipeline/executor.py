@@ -1007,9 +1007,7 @@ class _Loop:
             return
         if isinstance(who, _Writer):
             who.next_ping = time.monotonic() + self._writer_ping_period()
-            if not who.up:
-                who.up = True
-                self._progress()
+            who.up = True                       # its process runs (a start is not progress: see _busy)
             if answer != who.taken:             # encoders handed it samples: progress, however slow
                 who.taken = answer
                 self._progress()
