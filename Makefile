@@ -30,9 +30,8 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	$(PY) -c "import pymatting"
 	touch $(STAMP)
 
-# TEST_WORKERS=2: two test files at a time (xdist workers, each with its own job server and Ray sessions),
-# ~25% faster here (most tests wait on Ray), but the watchdog tests' short timeouts then meet process starts
-# slowed by the other worker (one failure in 4 of 6 runs); one at a time by default
+# TEST_WORKERS=2: two test files at a time (xdist workers, each with its own job server and Ray sessions):
+# 11-19 min here against 17-22 in one process, not reliably faster on 2 cores; one at a time by default
 TEST_WORKERS ?= 1
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 test: setup
