@@ -5,8 +5,8 @@ writers, and runs the scheduling loop that hands whole videos to video tasks:
 
 It knows the steps only through ``pipeline.protocol``. The driver never sees a chunk: a video task reads
 its video and, per chunk, submits the matter on its actor and, chained behind it, the encode on an encoder
-actor, which hands the samples to the shard's writer itself; the driver gets three small items per video (the header
-with the planned keys, "read", then an outcome), so its work is per video, not per chunk or segment. Bounded
+actor, which hands the samples to the shard's writer itself; the driver gets four small items per video ("started",
+the header with the planned keys, "read", then an outcome), so its work is per video, not per chunk or segment. Bounded
 queues keep the object store bounded: at most ``read_ahead`` video tasks feed each actor, and each
 video task keeps at most ``queue_depth`` of its chunks queued on the actor.
 
