@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 PING_PERIOD_S = 2.0          # how often a matter actor with work bound to it (or one that is down) is asked
 WRITER_PING_PERIOD_S = 5.0
+#: a matter actor's concurrency group for ``ping`` and ``running``: they answer while both of its threads are
+#: in chunks (a long first call: compile, autotune), rather than after one of them ends
+HEALTH = "health"
 HAND_OVER_S = 1.0            # an encode task hands its samples to the writer at least this often
 #: a video task whose process has not begun it, or a writer that has not answered its first ping (a
 #: process being started on a loaded node), is Ray's work, not a stall, for this long after its submission
@@ -592,9 +595,9 @@ class Executor:
         actor_cpus = res.actor_cpus if res.actor_cpus is not None else (0.5 if gpus else 1.0)
         _check_cpus(n * actor_cpus + res.reader_cpus + res.encode_cpus)
         self._resources = {"GPU": gpus, "CPU": actor_cpus}
-        actor_cls = ray.remote(self.steps.matter).options(
+        actor_cls = ray.remote(  # concurrency groups are an option of the class, not of .options()
             num_gpus=gpus, num_cpus=actor_cpus, max_restarts=res.max_restarts, max_task_retries=0,
-            max_concurrency=2)
+            max_concurrency=2, concurrency_groups={HEALTH: 1})(self.steps.matter)
         self.actors = [actor_cls.remote(*self.steps.matter_args) for _ in range(n)]
         refs = [a.fingerprint.remote() for a in self.actors]
         encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
@@ -986,7 +989,7 @@ class _Loop:
         for a in self.actors:         # down: is it back? up with work bound: is it still up?
             if a.ping is None and now >= a.next_ping and (
                     a.state == "down" or (a.state == "up" and a.load + a.finishing > 0)):
-                a.ping = a.handle.ping.remote()
+                a.ping = a.handle.ping.options(concurrency_group=HEALTH).remote()
                 self.pings[a.ping] = a
         for w in self.writers:
             if w.alive and w.ping is None and now >= w.next_ping:
@@ -1031,9 +1034,10 @@ class _Loop:
         if any(not t.started and now - t.submitted < START_GRACE_S for t in self.tasks.values()) or any(
                 w.alive and not w.up and now - w.created < START_GRACE_S for w in self.writers):
             return True             # a process being started on a loaded node, within Ray's own bound
-        asked = {a.handle.running.remote(): a for a in self.actors if a.state == "up" and a.load + a.finishing > 0}
+        asked = {a.handle.running.options(concurrency_group=HEALTH).remote(): a
+                 for a in self.actors if a.state == "up" and a.load + a.finishing > 0}
         answered, late = ray.wait(list(asked), num_returns=len(asked), timeout=10) if asked else ([], [])
-        busy = bool(late)   # every thread of the actor is in a chunk (a long first call: compile, autotune)
+        busy = bool(late)   # its process does not answer in time: it is up (pings say so), so it is working
         for ref in answered:
             try:
                 busy = bool(ray.get(ref)) or busy
@@ -1081,7 +1085,7 @@ class _Loop:
             self.suspect = None
             return False
         if self.suspect is None:
-            self.suspect = now
+            self.suspect = time.monotonic()     # after the look (it may wait for answers)
             for w in self.writers:
                 w.next_ping = 0.0
             return False

@@ -66,7 +66,8 @@ class MatterActor:
         return True
 
     def running(self) -> int:
-        """Chunks being matted now (answers while a batch runs: a long compile is work, not a stall)."""
+        """Chunks being matted now (asked in the executor's health group, so it answers while chunks hold
+        both threads: a long compile is work, not a stall)."""
         return self._running
 
     def info(self) -> dict:

@@ -146,10 +146,11 @@ class MatterStep(Protocol):
         """The chunk's results, aligned with its items."""
 
     def ping(self) -> bool:
-        """True when the actor is up (answers while a batch runs)."""
+        """True when the actor is up. Asked in a concurrency group of its own (``executor.HEALTH``): it
+        answers while chunks hold every other thread, so it must be cheap and thread-safe."""
 
     def running(self) -> int:
-        """Chunks being matted now (answers while a batch runs)."""
+        """Chunks being matted now (asked as ``ping`` is, while they run)."""
 
     def info(self) -> dict:
         """Where the actor runs and what it loaded."""

@@ -369,7 +369,9 @@ def test_a_reader_that_never_answers_ends_the_run_as_stalled(ray_session):
     watchdog could also fire between the chunks of other shards.)"""
     tasks = [ShardTask(0, (Video("s0v0", 0),), {"videos": ["s0v0"]})]
     result = run_steps(tasks, ReadCfg(hang=("s0v0",)), stall_timeout=3.0)
-    assert 3 <= result.wall_s < 20
+    # ends well before the reader's 120 s hang would (3 s + a second look 2.5 s later, after the video task's
+    # process starts: within START_GRACE_S, 15 s and more beside two busy processes on 2 cores)
+    assert 3 <= result.wall_s < 60
     assert result.done == {}
     assert result.stalled is not None
     assert result.stalled.startswith("no progress for 3 s, waiting for: 1 video task(s) (reading, matter idle, "
@@ -500,7 +502,7 @@ def test_a_hung_encode_ends_the_run_as_stalled(ray_session):
     the run ends, its shard failed, saying it waits for a video task."""
     tasks = [ShardTask(0, (Video("s0v0", 0),), {"videos": ["s0v0"]})]
     result = run_steps(tasks, encode_tag="hang:s0v0", stall_timeout=3.0)
-    assert 3 <= result.wall_s < 20
+    assert 3 <= result.wall_s < 60                    # the encode hangs for 120 s
     assert result.done == {} and result.redone == {}
     assert result.stalled is not None and "1 video task(s)" in result.stalled
     assert result.failed == {0: f"stalled ({result.stalled})"}
@@ -515,6 +517,30 @@ def test_a_long_first_chunk_on_an_actor_is_work_not_a_stall(ray_session):
     assert result.wall_s > 5
 
 
+def test_a_matter_actor_says_it_runs_chunks_while_both_its_threads_are_in_them(ray_session):
+    """The watchdog's question (``running``) and pings have a thread of their own: asked while two long
+    first chunks hold both of the actor's threads, the actor answers at once (before, the answer came once
+    the chunks had ended, saying 0, and the watchdog called the run stalled)."""
+    from pipeline.executor import HEALTH
+
+    ex = Executor(Steps(read=read, read_args=(ReadCfg(),), matter=Doubler, matter_args=("slow_first", "6"),
+                        encode=encode, encode_args=("x2",), writer=Recorder, lost=lost),
+                  ResourceConfig(num_actors=1, actor_cpus=1.0, max_restarts=0, stall_timeout=60.0), progress=False)
+    try:
+        ex.start_actors()
+        actor = ex.actors[0]
+        chunks = [actor.refine.remote(Chunk("v", [Item(f"v_{j:02d}", j)])) for j in range(2)]
+        time.sleep(1.0)                                 # both chunks are in their 6 s first call
+        t0 = time.monotonic()
+        running = ray.get(actor.running.options(concurrency_group=HEALTH).remote(), timeout=5)
+        answered = time.monotonic() - t0
+        assert ray.get(actor.ping.options(concurrency_group=HEALTH).remote(), timeout=5) is True
+        assert running == 2 and answered < 3, (running, answered)
+        assert ray.get(chunks) == [[0], [2]]
+    finally:
+        ex.shutdown()
+
+
 @ray.remote(num_cpus=0)
 class CpuHog:
     """Holds CPUs of the cluster (its ``num_cpus`` option) until it is killed."""
@@ -524,11 +550,13 @@ class CpuHog:
 
 
 def _hold_free_cpus(hogs: list, release_after: float | None = None):
-    """A ``before_run`` that takes every CPU left free, so the run's video task cannot start; released
-    ``release_after`` seconds into the run (or never)."""
+    """A ``before_run`` that takes every CPU the run's own actors do not hold, so its video task cannot start;
+    released ``release_after`` seconds into the run (or never). (Not "every CPU free now": the actors of the
+    previous run in this session may not have let go yet, and the hog would then take too few.)"""
     def before_run(ex) -> None:
-        hog = CpuHog.options(num_cpus=ray.available_resources().get("CPU", 0)).remote()
-        ray.get(hog.ping.remote())
+        held = ex._resources["CPU"] * len(ex.actors) + ex.res.encode_cpus * len(ex.encoders)
+        hog = CpuHog.options(num_cpus=ray.cluster_resources()["CPU"] - held).remote()
+        ray.get(hog.ping.remote(), timeout=60)         # placed: once the CPUs a previous run held are free
         hogs.append(hog)
         if release_after is not None:
             threading.Timer(release_after, ray.kill, (hog,)).start()
