@@ -34,8 +34,9 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 # 11-19 min here against 17-22 in one process, not reliably faster on 2 cores; one at a time by default
 TEST_WORKERS ?= 1
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+# PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=0" or PYTEST_ARGS="tests/test_executor.py"
 test: setup
-	$(PY) -m pytest -q $(XDIST) --durations=15
+	$(PY) -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m pipeline.demo --workdir $(DEMO)
