@@ -584,8 +584,9 @@ def test_a_video_task_not_started_yet_is_not_a_stall_until_the_grace_ends(ray_se
         result = run_steps(tasks, stall_timeout=3.0, before_run=_hold_free_cpus(hogs))
         assert 5 <= result.wall_s < 30
         assert result.stalled is not None
+        # (under load its shard writer may not have answered within the grace either: said too)
         assert re.fullmatch(r"no progress for 3 s, waiting for: 1 video task\(s\) not started: CPU 0 of 4 free "
-                            r"in the cluster", result.stalled), result.stalled
+                            r"in the cluster(; 1 shard writer\(s\) not started)?", result.stalled), result.stalled
         assert result.failed == {0: f"stalled ({result.stalled})"}
     finally:
         for hog in hogs:
