@@ -31,7 +31,7 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	touch $(STAMP)
 
 # TEST_WORKERS=2: two test files at a time (xdist workers, each with its own job server and Ray sessions):
-# 11-19 min here against 17-22 in one process, not reliably faster on 2 cores; one at a time by default
+# 11-19 min here against 14-22 in one process, not reliably faster on 2 cores; one at a time by default
 TEST_WORKERS ?= 1
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=0" or PYTEST_ARGS="tests/test_executor.py"
