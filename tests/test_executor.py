@@ -289,19 +289,24 @@ def expected_items(task: ShardTask, skip: tuple = ()) -> dict:
             if v.video_id not in skip}
 
 
-def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_timeout=None, encode_tag="x2",
-              before_run=None, **res) -> ExecResult:
-    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise);
-    ``before_run(executor)`` is called once its actors are up."""
+def plain_executor(read_cfg=None, matter_args=("ok",), writer=("", ""), encode_tag="x2", **res) -> Executor:
+    """An executor of the plain steps, one matter actor unless ``res`` says otherwise (not started)."""
     steps = Steps(read=read, read_args=(read_cfg or ReadCfg(),), matter=Doubler, matter_args=tuple(matter_args),
                   encode=encode, encode_args=(encode_tag,), writer=functools.partial(Recorder, *writer), lost=lost)
     cfg = ResourceConfig(**({"num_actors": 1, "actor_cpus": 1.0, "max_restarts": 1, "shard_retries": 1,
                              "stall_timeout": 60.0} | res))
-    ex = Executor(steps, cfg, progress=False)
+    return Executor(steps, cfg, progress=False)
+
+
+def run_steps(tasks, read_cfg=None, matter_args=("ok",), writer=("", ""), stall_timeout=None, encode_tag="x2",
+              before_run=None, **res) -> ExecResult:
+    """Run ``tasks`` through the plain steps on one matter actor (unless ``res`` says otherwise);
+    ``before_run(executor)`` is called once its actors are up."""
+    ex = plain_executor(read_cfg, matter_args, writer, encode_tag, **res)
     try:
         ex.start_actors()           # actor start is bounded by stall_timeout too: not the one under test
         if stall_timeout is not None:
-            ex.res = dataclasses.replace(cfg, stall_timeout=stall_timeout)
+            ex.res = dataclasses.replace(ex.res, stall_timeout=stall_timeout)
         if before_run is not None:
             before_run(ex)
         t0 = time.monotonic()
@@ -526,9 +531,7 @@ def test_a_matter_actor_says_it_runs_chunks_while_both_its_threads_are_in_them(r
     the chunks had ended, saying 0, and the watchdog called the run stalled)."""
     from pipeline.executor import HEALTH
 
-    ex = Executor(Steps(read=read, read_args=(ReadCfg(),), matter=Doubler, matter_args=("slow_first", "6"),
-                        encode=encode, encode_args=("x2",), writer=Recorder, lost=lost),
-                  ResourceConfig(num_actors=1, actor_cpus=1.0, max_restarts=0, stall_timeout=60.0), progress=False)
+    ex = plain_executor(matter_args=("slow_first", "6"), max_restarts=0)
     try:
         ex.start_actors()
         actor = ex.actors[0]
