@@ -171,9 +171,18 @@ class JobServer:
         return cls._shared
 
     def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.submit(args)
+        return self.result(args, timeout)
+
+    def submit(self, args: list[str]) -> None:
+        """Start a run (``pipeline.run`` arguments); :meth:`result` waits for it."""
+        assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(args) + "\n")
         self.proc.stdin.flush()
+
+    def result(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """The outcome of the run submitted last (`args`: its arguments, for messages)."""
+        assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:

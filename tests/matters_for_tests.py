@@ -12,12 +12,18 @@ from models.base import MatterBase, MatterConfig
 
 
 class SlowMaskMatter(MatterBase):
-    """alpha = mask, after a short sleep (gives a test time to kill the job mid-run)."""
+    """alpha = mask, after a short sleep (gives a test time to kill the job mid-run); option
+    ``restarted_delay``: the sleep in an actor Ray restarted (the rest of a run after its fault)."""
 
     name = "slow-mask"
 
     def __init__(self, config: MatterConfig):
         self.delay = float(config.extra.get("delay", 0.3))
+        if "restarted_delay" in config.extra:
+            import ray
+
+            if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+                self.delay = float(config.extra["restarted_delay"])
 
     def refine(self, frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
         time.sleep(self.delay)

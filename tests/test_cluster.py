@@ -105,7 +105,9 @@ def test_a_lost_node_with_capacity_left_completes_byte_identical(cluster, worker
 def test_a_lost_node_with_no_capacity_left_ends_the_run_and_a_rerun_completes(cluster, workers, synth_split,
                                                                               clean, tmp_path, record_property):
     a = workers()
-    proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "15")
+    # 1 s segments: the fault must come while segments are left to matte (with 0.4 s, a loaded machine
+    # wrote the first shard only when every segment was matted, and the run completed)
+    proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "15", "--matter-option", "delay=1")
     _wait_done_markers(proc, tmp_path / SPLIT)
     cluster.remove_node(a, allow_graceful=False)          # the only GPU: nothing can matte any more
     rc, log, took = _finish(proc, timeout=120)
@@ -122,7 +124,7 @@ def test_a_lost_node_with_no_capacity_left_ends_the_run_and_a_rerun_completes(cl
         for rel in (schema.shard_file(shard), schema.manifest_file(shard), schema.done_file(shard)):
             assert (tmp_path / SPLIT / rel).read_bytes() == (clean / rel).read_bytes(), rel
     workers()                                             # capacity is back: a plain rerun completes
-    proc = _start(cluster, synth_split.parent, tmp_path)
+    proc = _start(cluster, synth_split.parent, tmp_path, "--matter-option", "delay=0")
     rc, log, _ = _finish(proc, timeout=240)
     assert rc == 0, log[-3000:]
     _same_as(clean, tmp_path / SPLIT)
@@ -133,7 +135,9 @@ def test_a_node_removed_then_added_back_is_used_again(cluster, workers, synth_sp
     a = workers()
     # slower segments than the other scenarios: the fault must come before the last shard is done (with
     # 0.4 s, a loaded machine once removed the node as the run ended, and its actor's record was "dead")
-    proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "120", "--matter-option", "delay=1.5")
+    # (the restarted actor has no need to be slow: the rest of the run goes at 0.1 s a segment)
+    proc = _start(cluster, synth_split.parent, tmp_path, "--stall-timeout", "120", "--matter-option", "delay=1.5",
+                  "--matter-option", "restarted_delay=0.1")
     _wait_done_markers(proc, tmp_path / SPLIT)
     cluster.remove_node(a, allow_graceful=False)
     assert len(list((tmp_path / SPLIT / "done").glob("*.json"))) < len(list((clean / "done").glob("*.json")))

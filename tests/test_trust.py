@@ -7,7 +7,7 @@ see ``run_cli_many``) over the generated split of conftest ``synth_split`` (3 vi
 from __future__ import annotations
 
 import json
-import os
+import select
 import shutil
 import socket
 import subprocess
@@ -19,9 +19,10 @@ import pytest
 from mava import schema
 from mava.folder import SplitDir
 from models.tiny import make_tiny
-from tests.job_cli import REPO, SPLIT, manifest, planned_keys, run_cli, run_cli_many, tree_bytes
+from tests.job_cli import COMMON, REPO, SPLIT, JobServer, manifest, planned_keys, run_cli, run_cli_many, tree_bytes
 
 MASK = ["--matter", "mask"]
+SLOW = "tests.matters_for_tests:SlowMaskMatter"
 
 
 @pytest.fixture(scope="module")
@@ -190,25 +191,33 @@ def test_atomic_file_leaves_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_a_second_run_on_the_same_output_refuses(synth_split, reference, tmp_path):
+    """The first run in the test session's job server (its Ray session is up), the second a process of its
+    own, refused by the lease before it would start a cluster."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(synth_split.parent),
-           "--out", str(out), "--address", "local", "--num-cpus", "2", "--no-progress", "--videos-per-shard", "1",
-           "--matter", "tests.matters_for_tests:SlowMaskMatter", "--matter-option", "delay=0.5"]
-    first = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [*COMMON, "--data-root", str(synth_split.parent), "--out", str(out), "--matter", SLOW]
+    server = JobServer.shared()
+    server.submit([*args, "--matter-option", "delay=0.5"])
     lease = out / SPLIT / schema.LEASE_JSON
-    deadline = time.time() + 120
-    while not lease.exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.05)
-    assert lease.exists() and first.poll() is None, "the first run finished before the second could start"
-    second = run_cli(synth_split.parent, out, "--matter", "tests.matters_for_tests:SlowMaskMatter")
-    _, err = first.communicate(timeout=300)
+    try:
+        deadline = time.time() + 120
+        while not lease.exists() and time.time() < deadline and not _answered(server):
+            time.sleep(0.05)
+        assert lease.exists() and not _answered(server), "the first run finished before the second could start"
+        second = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, capture_output=True,
+                                text=True, timeout=240)
+    finally:
+        first = server.result(args, timeout=300)   # (the server's next run must not read this one's answer)
     assert second.returncode == 2, second.stderr[-2000:]
-    assert f"held by pid {first.pid} on host {socket.gethostname()}" in second.stderr
-    assert first.returncode == 0, err[-3000:]
+    assert f"held by pid {server.proc.pid} on host {socket.gethostname()}" in second.stderr
+    assert first.returncode == 0, first.stderr[-3000:]
     assert not lease.exists()
     assert {r["key"] for r in manifest(out / SPLIT)} == planned_keys(synth_split)
     assert not list((out / SPLIT).rglob(f"*{schema.TMP_SUFFIX}"))
+
+
+def _answered(server: JobServer) -> bool:
+    """Whether the job server has answered the run it was given (without reading the answer)."""
+    return bool(select.select([server.proc.stdout], [], [], 0)[0])
 
 
 def test_a_stale_lease_is_taken_over(synth_split, reference, tmp_path):
