@@ -56,6 +56,8 @@ def run_name(cfg) -> str:
         parts.append(f"mask{cfg.mask_prompt_prob:g}")
     if cfg.init_cond_frames is not None:
         parts.append(f"cond{cfg.init_cond_frames}")
+    if cfg.refine_mask_prompt:
+        parts.append("refine")
     if cfg.lr is not None:
         parts.append(f"lr{cfg.lr:g}")
     parts += [f"{k[5:]}{v:g}" for k, v in sorted(cfg.loss_weights.items())]
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-prompt-prob", type=float, default=None,
                    help="train --mask-prompt-prob (default SAM 2's 0.5; 1 = always the first-frame mask, as eval)")
     p.add_argument("--init-cond-frames", type=int, default=None, help="train --init-cond-frames (default SAM 2's 2)")
+    p.add_argument("--refine-mask-prompt", action="store_true",
+                   help="train --refine-mask-prompt (the prompted frame's matte decoded from its mask and image, trained)")
     p.add_argument("--lr", type=float, default=None, help="train --lr and --vision-lr (default the tiny recipe's 1e-3)")
     p.add_argument("--loss-weight", action="append", default=[], metavar="NAME=W", help="train --loss-weight")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(data=[str(split)], out="", model=args.model, image_size=args.image_size, steps=args.steps,
                       batch_size=args.batch_size, num_frames=args.num_frames, augment=args.augment,
                       mask_prompt_prob=args.mask_prompt_prob, init_cond_frames=args.init_cond_frames,
+                      refine_mask_prompt=args.refine_mask_prompt,
                       lr=args.lr, vision_lr=args.lr, loss_weights=weights,
                       ckpt_every=args.eval_every, keep=1, log_every=5, loader_workers=1, threads=args.threads,
                       progress=False)

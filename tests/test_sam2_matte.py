@@ -244,6 +244,48 @@ def test_first_frame_mask_recipe_trains_what_eval_does(mava, tmp_path):
             tiny_cfg(mava[0], tmp_path / "r", **bad).check()
 
 
+def test_refine_mask_prompt_trains_the_prompted_frame(mava, tmp_path):
+    """--refine-mask-prompt: SAM's decoder turns the first frame's mask prompt (its dense prompt embedding)
+    into that frame's matte, which the loss reaches; with SAM 2's default the mask is passed through (only
+    the object pointer comes from the decoder). The checkpoint records the choice, and predict decodes the same way."""
+    cfg = tiny_cfg(mava[0], tmp_path / "r", mask_prompt_prob=1.0, init_cond_frames=1, refine_mask_prompt=True,
+                   steps=2, ckpt_every=2)
+    plain = tiny_cfg(mava[0], tmp_path / "p", mask_prompt_prob=1.0, init_cond_frames=1)
+    assert cfg.recipe().use_mask_input_as_output_without_sam is False
+    assert plain.recipe().use_mask_input_as_output_without_sam is True
+    assert cfg.fingerprint() != plain.fingerprint()
+    ds = data.MattingMix([data.open_source(str(mava[0]))], None,
+                         data.SamplerConfig(num_frames=3, max_num_objects=2, resolution=SIZE), seed=1)
+    b = data.collate([ds[0]])
+    for c, passed_through in ((cfg, False), (plain, True)):
+        torch.manual_seed(0)
+        net = model.build_model("tiny", SIZE, c.recipe()).train()
+        net.rng = np.random.default_rng(0)
+        first = net(b)[0]["multistep_pred_multimasks_high_res"][0]    # the prompted frame's logits
+        # SAM 2 passes the binary mask through as +-10 logits, which no parameter makes
+        assert (set(first.unique().tolist()) <= {-10.0, 10.0}) == passed_through
+        assert first.requires_grad != passed_through
+    train.train(cfg)
+    from models.sam2_matte.predict import load_model
+
+    net = load_model(str(tmp_path / "r"))
+    assert net.use_mask_input_as_output_without_sam is False
+    clip = ds[0]
+    rgb = clip.img * torch.tensor(model.IMG_STD)[:, None, None] + torch.tensor(model.IMG_MEAN)[:, None, None]
+    frames = list((rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    mask = clip.alpha[0, 0].numpy() > model.PROMPT_THRESHOLD
+    tracker = model.Tracker(net)
+    alphas = list(tracker.run(frames, model.Prompt(mask=mask), len(frames)))
+    assert len(alphas) == len(frames) and all(a.shape == mask.shape for a in alphas)
+    # the first frame's matte is the decoder's answer to the mask prompt (not a decode from its memory)
+    feats, pos, sizes = tracker._feats(model.preprocess(frames[0], tracker.size))
+    _, m = tracker._prompt_inputs(model.Prompt(mask=mask), *mask.shape)
+    with torch.inference_mode():
+        cond = tracker._step(0, True, feats, pos, sizes, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                             len(frames), mask=m)
+    np.testing.assert_allclose(alphas[0], tracker._alpha(cond, *mask.shape), atol=1e-6)
+
+
 def test_tiny_wide_is_the_same_sam2_wider():
     """``tiny-wide``: the tiny structure at twice the width (same SAM 2 parameter names, more of them)."""
     a, w = model.build_model("tiny", SIZE).state_dict(), model.build_model("tiny-wide", SIZE).state_dict()

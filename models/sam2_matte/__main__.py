@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.5, SAM 2's; 1 trains exactly what predict/eval do: a first-frame mask, then tracking)")
     t.add_argument("--init-cond-frames", type=int,
                    help="prompted frames per video: the first plus up to N-1 random others (default 2, SAM 2's)")
+    t.add_argument("--refine-mask-prompt", action="store_true",
+                   help="SAM's decoder refines a mask prompt with its frame's image into that frame's matte, and the "
+                        "loss trains it (default, SAM 2's: the mask is passed through as that frame's output)")
     t.add_argument("--loss-weight", action="append", type=_loss_weight, default=[], metavar="NAME=W",
                    help="loss term weight: l1 (20), lap (2), grad (0), bce (20), iou (1), class (1)")
     t.add_argument("--seed", type=int, default=0, help="seed of the data order, transforms, prompts, dropout")
@@ -146,7 +149,7 @@ def _command(args: argparse.Namespace) -> int:
             num_frames=args.num_frames, max_objects=args.max_objects, augment=not args.no_augment, lr=args.lr,
             vision_lr=args.vision_lr, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
             correction_clicks=args.correction_clicks, mask_prompt_prob=args.mask_prompt_prob,
-            init_cond_frames=args.init_cond_frames, loss_weights=dict(args.loss_weight), seed=args.seed,
+            init_cond_frames=args.init_cond_frames, refine_mask_prompt=args.refine_mask_prompt, loss_weights=dict(args.loss_weight), seed=args.seed,
             ckpt_every=args.ckpt_every, keep=args.keep, log_every=args.log_every, loader_workers=args.loader_workers,
             workers=args.workers, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus,
             max_failures=args.max_failures, device=args.device, threads=args.threads, progress=not args.no_progress,

@@ -118,6 +118,10 @@ class Recipe:
     rand_init_cond_frames_for_train: bool = True
     num_correction_pt_per_frame: int = 7
     prob_to_sample_from_gt_for_train: float = 0.1
+    # SAM 2's True: a mask prompt is passed through as its frame's output (that frame trains nothing).
+    # False (train --refine-mask-prompt): SAM's decoder refines the mask prompt (its dense prompt
+    # embedding) with the frame's image into that frame's output, which the loss trains as any other
+    use_mask_input_as_output_without_sam: bool = True
     # optimiser (SAM 2's fine-tuning: AdamW, cosine lr to lr/10, wd 0.1 but not on biases/norms, clip 0.1)
     lr: float = 5.0e-6
     vision_lr: float = 3.0e-6
@@ -127,7 +131,8 @@ class Recipe:
     def model_args(self) -> dict:
         """The SAM2Train constructor arguments of this recipe."""
         return {k: v for k, v in asdict(self).items() if k.endswith("_for_train") or k in (
-            "add_all_frames_to_correct_as_cond", "num_correction_pt_per_frame")}
+            "add_all_frames_to_correct_as_cond", "num_correction_pt_per_frame",
+            "use_mask_input_as_output_without_sam")}
 
 
 def default_recipe(model: str) -> Recipe:

@@ -148,9 +148,11 @@ class Tracker:
     holding only the memory SAM 2 can attend to (``num_maskmem`` frames, ``max_obj_ptrs_in_encoder``
     object pointers). alpha = sigmoid(high-res mask logits), resized to the video size.
 
-    A mask prompt on the first frame becomes its memory (SAM 2 passes a mask input through as the
-    frame's output); that frame's alpha is then decoded like any tracked frame, from the memory of its
-    own mask, so every frame's alpha is the model's matte.
+    A mask prompt on the first frame becomes its memory. A model trained with ``--refine-mask-prompt``
+    decodes that frame from the mask prompt and its image (``use_mask_input_as_output_without_sam``
+    False); otherwise SAM 2 passes the mask input through as the frame's output, and that frame's alpha
+    is decoded like any tracked frame, from the memory of its own mask. Either way every frame's alpha
+    is the model's matte.
     """
 
     def __init__(self, net: SAM2Matte, device: torch.device | str = "cpu"):
@@ -200,7 +202,8 @@ class Tracker:
                     points, mask = self._prompt_inputs(prompt, h, w)
                     cur = self._step(0, True, feats, pos, sizes, out, n, points=points, mask=mask)
                     out["cond_frame_outputs"][0] = cur
-                    if mask is not None:  # decode the prompted frame from its own memory
+                    if mask is not None and self.net.use_mask_input_as_output_without_sam:
+                        # the mask was passed through: decode the prompted frame from its own memory
                         cur = self._step(0, False, feats, pos, sizes, out, n, memory=False)
                 else:
                     cur = self._step(t, False, feats, pos, sizes, out, n)

@@ -69,6 +69,7 @@ class TrainConfig:
     correction_clicks: int | None = None
     mask_prompt_prob: float | None = None
     init_cond_frames: int | None = None
+    refine_mask_prompt: bool = False
     loss_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     ckpt_every: int = 100
@@ -93,6 +94,8 @@ class TrainConfig:
                                   ("num_init_cond_frames_for_train", self.init_cond_frames)) if v is not None}
         if self.mask_prompt_prob is not None:
             over["prob_to_use_pt_input_for_train"] = 1.0 - self.mask_prompt_prob
+        if self.refine_mask_prompt:
+            over["use_mask_input_as_output_without_sam"] = False
         return replace(r, **over)
 
     def resolution(self) -> int:
