@@ -1,14 +1,15 @@
 """SAM2-Matte on CPU: does the tiny model, trained on MA-V made by our own job, matte better than the
 binary mask it is prompted with?
 
-    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 1200] [--eval-every 300]
+    python -m benchmarks.sam2_matte_bench [--workdir build/sam2_matte_bench] [--steps 3000] [--eval-every 500]
 
 1. a synthetic SA-V split with ground-truth alpha (``pipeline.synth``);
 2. MA-V from it by the real job (``pipeline.run --matter guided`` on a local Ray cluster);
-3. ``train --model tiny`` on that MA-V (8-frame clips, SAM 2's prompt recipe, no augmentation), paused every ``--eval-every`` steps (``--stop-after``; each
-   chunk resumes the run exactly), and after each chunk ``eval`` on the same clips against the ground
-   truth: SAM2-Matte (prompted with each clip's first-frame SA-V mask) vs the binary masks themselves
-   and vs MA-V's own pseudo-labels.
+3. ``train --model tiny`` on that MA-V (160 px, 8-frame clips, first-frame mask prompts refined by the
+   decoder: ``--mask-prompt-prob 1 --init-cond-frames 1 --refine-mask-prompt``, no augmentation), paused
+   every ``--eval-every`` steps (``--stop-after``; each chunk resumes the run exactly), and after each
+   chunk ``eval`` on the same clips against the ground truth: SAM2-Matte (prompted with each clip's
+   first-frame SA-V mask) vs the binary masks themselves and vs MA-V's own pseudo-labels.
 
 Prints MAD (x1e3) of each at each evaluation and writes a plot of the loss and MAD against steps (after
 every evaluation) and, at the end, a picture of the mattes (``<plot>_mattes.png``).
@@ -184,20 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="build/sam2_matte_bench", help="data, MA-V, the run and the plot")
     p.add_argument("--videos", type=int, default=3, help="synthetic videos (60 frames, 15 annotated, each)")
     p.add_argument("--frames", type=int, default=60, help="video frames per synthetic video")
-    p.add_argument("--steps", type=int, default=1200, help="training steps (the lr schedule's length)")
-    p.add_argument("--eval-every", type=int, default=300, help="evaluate after every N steps")
-    p.add_argument("--image-size", type=int, default=128, help="tiny model input size")
+    p.add_argument("--steps", type=int, default=3000, help="training steps (the lr schedule's length)")
+    p.add_argument("--eval-every", type=int, default=500, help="evaluate after every N steps")
+    p.add_argument("--image-size", type=int, default=160, help="tiny model input size")
     p.add_argument("--num-frames", type=int, default=8,
                    help="frames per training clip (SAM 2's 8; with 4, the temporal encodings of memories 3-6 frames "
                         "back, used on the 15-frame tracks scored, are never trained)")
     p.add_argument("--batch-size", type=int, default=2, help="videos per step")
     p.add_argument("--augment", action="store_true", help="SAM 2's augmentations (off: fit these clips)")
     p.add_argument("--model", default="tiny", help="CPU model config (tiny, tiny-wide)")
-    p.add_argument("--mask-prompt-prob", type=float, default=None,
-                   help="train --mask-prompt-prob (default SAM 2's 0.5; 1 = always the first-frame mask, as eval)")
-    p.add_argument("--init-cond-frames", type=int, default=None, help="train --init-cond-frames (default SAM 2's 2)")
-    p.add_argument("--refine-mask-prompt", action="store_true",
-                   help="train --refine-mask-prompt (the prompted frame's matte decoded from its mask and image, trained)")
+    p.add_argument("--mask-prompt-prob", type=float, default=1.0,
+                   help="train --mask-prompt-prob (1: always the first-frame mask, as eval; SAM 2's recipe: 0.5)")
+    p.add_argument("--init-cond-frames", type=int, default=1, help="train --init-cond-frames (SAM 2's recipe: 2)")
+    p.add_argument("--refine-mask-prompt", action=argparse.BooleanOptionalAction, default=True,
+                   help="train --refine-mask-prompt (the prompted frame's matte decoded from its mask and image, "
+                        "trained; --no-refine-mask-prompt: SAM 2's pass-through)")
     p.add_argument("--lr", type=float, default=None, help="train --lr and --vision-lr (default the tiny recipe's 1e-3)")
     p.add_argument("--loss-weight", action="append", default=[], metavar="NAME=W", help="train --loss-weight")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     done = evals[-1]["step"] if evals else 0
     path = Path(args.plot) if args.plot else work / "sam2_matte_bench.png"
     prompts = ("first-frame mask prompts" if args.mask_prompt_prob == 1 and args.init_cond_frames == 1
-               else "SAM 2's prompt recipe")
+               else "SAM 2's prompt recipe") + (", refined" if args.refine_mask_prompt else "")
     title = (f"SAM2-Matte {args.model} on MA-V ({args.videos} synthetic videos, guided matter), CPU, "
              f"{args.image_size}px, {args.num_frames}-frame clips, {prompts}")
     for stop in range(done + args.eval_every, args.steps + args.eval_every, args.eval_every):
