@@ -5,7 +5,7 @@ binary mask it is prompted with?
 
 1. a synthetic SA-V split with ground-truth alpha (``pipeline.synth``);
 2. MA-V from it by the real job (``pipeline.run --matter guided`` on a local Ray cluster);
-3. ``train --model tiny`` on that MA-V (160 px, 8-frame clips, first-frame mask prompts refined by the
+3. ``train --model tiny`` on that MA-V (256 px, 8-frame clips, first-frame mask prompts refined by the
    decoder: ``--mask-prompt-prob 1 --init-cond-frames 1 --refine-mask-prompt``, no augmentation), paused
    every ``--eval-every`` steps (``--stop-after``; each chunk resumes the run exactly), and after each
    chunk ``eval`` on the same clips against the ground truth: SAM2-Matte (prompted with each clip's
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=60, help="video frames per synthetic video")
     p.add_argument("--steps", type=int, default=3000, help="training steps (the lr schedule's length)")
     p.add_argument("--eval-every", type=int, default=500, help="evaluate after every N steps")
-    p.add_argument("--image-size", type=int, default=160, help="tiny model input size")
+    p.add_argument("--image-size", type=int, default=256, help="tiny model input size (hair needs the pixels: 160 stops at 1.02x the masks)")
     p.add_argument("--num-frames", type=int, default=8,
                    help="frames per training clip (SAM 2's 8; with 4, the temporal encodings of memories 3-6 frames "
                         "back, used on the 15-frame tracks scored, are never trained)")
