@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=60, help="video frames per synthetic video")
     p.add_argument("--steps", type=int, default=3000, help="training steps (the lr schedule's length)")
     p.add_argument("--eval-every", type=int, default=500, help="evaluate after every N steps")
-    p.add_argument("--image-size", type=int, default=256, help="tiny model input size (hair needs the pixels: 160 stops at 1.02x the masks)")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="tiny model input size (the hair needs the pixels: at 160 the run stops at 1.02x the masks)")
     p.add_argument("--num-frames", type=int, default=8,
                    help="frames per training clip (SAM 2's 8; with 4, the temporal encodings of memories 3-6 frames "
                         "back, used on the 15-frame tracks scored, are never trained)")
