@@ -180,6 +180,10 @@ class JobServer:
         self.proc.stdin.write(json.dumps(args) + "\n")
         self.proc.stdin.flush()
 
+    def answered(self) -> bool:
+        """Whether the run submitted last has ended (its answer is waiting; :meth:`result` reads it)."""
+        return bool(self.proc.stdout is not None and select.select([self.proc.stdout], [], [], 0)[0])
+
     def result(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
         """The outcome of the run submitted last (`args`: its arguments, for messages)."""
         assert self.proc.stdout is not None

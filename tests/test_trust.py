@@ -7,7 +7,6 @@ see ``run_cli_many``) over the generated split of conftest ``synth_split`` (3 vi
 from __future__ import annotations
 
 import json
-import select
 import shutil
 import socket
 import subprocess
@@ -200,9 +199,9 @@ def test_a_second_run_on_the_same_output_refuses(synth_split, reference, tmp_pat
     lease = out / SPLIT / schema.LEASE_JSON
     try:
         deadline = time.time() + 120
-        while not lease.exists() and time.time() < deadline and not _answered(server):
+        while not lease.exists() and time.time() < deadline and not server.answered():
             time.sleep(0.05)
-        assert lease.exists() and not _answered(server), "the first run finished before the second could start"
+        assert lease.exists() and not server.answered(), "the first run finished before the second could start"
         second = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, capture_output=True,
                                 text=True, timeout=240)
     finally:
@@ -213,11 +212,6 @@ def test_a_second_run_on_the_same_output_refuses(synth_split, reference, tmp_pat
     assert not lease.exists()
     assert {r["key"] for r in manifest(out / SPLIT)} == planned_keys(synth_split)
     assert not list((out / SPLIT).rglob(f"*{schema.TMP_SUFFIX}"))
-
-
-def _answered(server: JobServer) -> bool:
-    """Whether the job server has answered the run it was given (without reading the answer)."""
-    return bool(select.select([server.proc.stdout], [], [], 0)[0])
 
 
 def test_a_stale_lease_is_taken_over(synth_split, reference, tmp_path):
