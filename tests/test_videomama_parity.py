@@ -258,16 +258,16 @@ def test_precision_modes_select_unet_and_vae_dtypes(tiny):
 def test_release_preset_runs_fp16_end_to_end_on_cpu(tiny_both):
     """fp16 convolutions run on this torch's CPU: the whole release path runs here (slowly)."""
     m = build_matter("videomama", preset_config("release", checkpoint=str(tiny_both[0]),
-                                                base_model=str(tiny_both[1]), device="cpu", long_side=128,
+                                                base_model=str(tiny_both[1]), device="cpu", long_side=64,
                                                 segment_len=12))
     assert m.unet.dtype == m.vae.dtype == torch.float16
     assert m.weights[0].variant == m.weights[1].variant == "fp16"
-    frames, masks = clip(10, t=12, h=72, w=128)
+    frames, masks = clip(10, t=12, h=36, w=64)
     with decoder_spy(m) as spy:
         u = m.refine_batch_uint8([(frames, masks)])[0]
     assert [c[:2] for c in spy.calls] == [(8, 8), (4, 4)] and spy.calls[0][2] == torch.float16
-    assert u.shape == (12, 72, 128) and u.dtype == np.uint8 and u.std() > 0
-    assert m.release_differences() == {"long_side": [128, 1024]}
+    assert u.shape == (12, 36, 64) and u.dtype == np.uint8 and u.std() > 0
+    assert m.release_differences() == {"long_side": [64, 1024]}
 
 
 # ---------------------------------------------------------------------------------------- presets
