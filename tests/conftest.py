@@ -8,11 +8,10 @@ from pathlib import Path
 # Ray on loopback only (its default binds the machine's address): every test's Ray traffic stays here;
 # set before anything imports ray, inherited by the job subprocesses and Ray's own processes
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-# under xdist every worker runs torch beside the others: one thread each (two on 2 cores oversubscribe,
-# and an OpenMP thread waiting for its busy twin spins on a CPU the other worker needs); set before
-# torch is imported, inherited by the job subprocesses
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# torch's OpenMP threads wait for work asleep, not spinning: a test's two torch threads beside any other
+# busy process (a Ray actor, another xdist worker) spun away the CPU both needed (tests/test_videomama.py
+# beside one CPU hog: 217 s, 18 s with this); set before torch is imported, inherited by subprocesses
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
