@@ -30,9 +30,9 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	$(PY) -c "import pymatting"
 	touch $(STAMP)
 
-# TEST_WORKERS=2: two test files at a time (xdist workers, each with its own job server and Ray sessions):
-# 11-19 min here against 14-22 in one process, not reliably faster on 2 cores; one at a time by default
-TEST_WORKERS ?= 1
+# TEST_WORKERS: test files run at a time (xdist workers, each with its own job server and Ray sessions);
+# 2 by default: 8m56s on this 2-core machine against 13m34s in one process (TEST_WORKERS=1), 3 workers 8m55s
+TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=0" or PYTEST_ARGS="tests/test_executor.py"
 test: setup
