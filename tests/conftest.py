@@ -107,6 +107,7 @@ LONG_FILES = ("test_executor.py", "test_trust.py", "test_cluster.py", "test_job.
               "test_exit_codes.py", "test_gpu_bench.py", "test_job_submit.py", "test_qc.py")
 
 
+@pytest.hookimpl(optionalhook=True)   # an xdist hook: pytest without xdist (-p no:xdist) still runs
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` handing out the files of :data:`LONG_FILES` first, in that order (xdist's own
     order, kept for the other files, is by number of tests: test_hostile's 40 quick ones came first)."""
