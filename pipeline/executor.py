@@ -81,6 +81,9 @@ class ResourceConfig:
                                             "GPU actors)", parse=number_at_least(0))
     reader_cpus: float = option(0.5, "CPUs reserved per reader task", parse=number_at_least(0))
     encode_cpus: float = option(0.25, "CPUs reserved per encode task", parse=number_at_least(0))
+    encoders_per_actor: int = option(2, "encoder actors per matter actor, fewer where the CPUs left after the "
+                                        "matter actors and one video task do not fit them (one encoder actor "
+                                        "at least)", parse=int_at_least(1))
     read_ahead: int = option(2, "videos being read at once, per matter actor", parse=int_at_least(1))
     queue_depth: int = option(2, "chunks queued per matter actor", parse=int_at_least(1))
     max_restarts: int = option(3, "restarts of a crashed actor, retries of a crashed task and resends of a chunk "
@@ -500,9 +503,6 @@ class Encoder:
         return deliver(self.encode, self.encode_args, chunk, results, writer, index, attempt)
 
 
-ENCODERS_PER_ACTOR = 2
-
-
 # --- the scheduling loop --------------------------------------------------------------------------
 
 
@@ -601,11 +601,12 @@ class Executor:
         self.actors = [actor_cls.remote(*self.steps.matter_args) for _ in range(n)]
         refs = [a.fingerprint.remote() for a in self.actors]
         encoder_cls = ray.remote(Encoder).options(num_cpus=res.encode_cpus, max_restarts=-1, max_task_retries=0)
-        # two per matter actor, as many as leave a CPU share for one video task (each reserves --encode-cpus)
+        # --encoders-per-actor, as many as leave a CPU share for one video task (each reserves --encode-cpus)
         spare = ray.cluster_resources().get("CPU", 0) - n * actor_cpus - res.reader_cpus
-        fit = int(spare // res.encode_cpus) if res.encode_cpus > 0 else ENCODERS_PER_ACTOR * n
+        wanted = res.encoders_per_actor * max(1, n)
+        fit = int(spare // res.encode_cpus) if res.encode_cpus > 0 else wanted
         self.encoders = [encoder_cls.remote(self.steps.encode, self.steps.encode_args)
-                         for _ in range(max(1, min(ENCODERS_PER_ACTOR * max(1, n), fit)))]
+                         for _ in range(max(1, min(wanted, fit)))]
         pings = [e.ping.remote() for e in self.encoders]
         deadline = time.monotonic() + max(1.0, res.stall_timeout)
         waiting = [*refs, *pings]

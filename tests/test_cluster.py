@@ -61,7 +61,7 @@ def clean(synth_split, tmp_path_factory):
 def _start(cluster, data: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(data), "--out", str(out),
            "--address", cluster.address, "--no-progress", "--videos-per-shard", "1", "--log-level", "WARNING",
-           *SLOW, *extra]
+           "--encoders-per-actor", "1", *SLOW, *extra]   # (see job_cli.COMMON)
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

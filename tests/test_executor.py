@@ -293,8 +293,9 @@ def plain_executor(read_cfg=None, matter_args=("ok",), writer=("", ""), encode_t
     """An executor of the plain steps, one matter actor unless ``res`` says otherwise (not started)."""
     steps = Steps(read=read, read_args=(read_cfg or ReadCfg(),), matter=Doubler, matter_args=tuple(matter_args),
                   encode=encode, encode_args=(encode_tag,), writer=functools.partial(Recorder, *writer), lost=lost)
+    # one encoder actor per matter actor (not the default two): each actor is a process started per run
     cfg = ResourceConfig(**({"num_actors": 1, "actor_cpus": 1.0, "max_restarts": 1, "shard_retries": 1,
-                             "stall_timeout": 60.0} | res))
+                             "stall_timeout": 60.0, "encoders_per_actor": 1} | res))
     return Executor(steps, cfg, progress=False)
 
 
@@ -338,7 +339,10 @@ def assert_all_done(result: ExecResult, tasks, redone=None) -> None:
 def test_every_shard_is_written_with_exactly_its_items(ray_session, tmp_path):
     tasks = make_tasks(4, 2, 3)
     trace = tmp_path / "reads"
-    assert_all_done(run_steps(tasks, ReadCfg(trace=str(trace))), tasks, redone={})
+    encoders = []              # the default two encoder actors per matter actor, chunks handed round robin
+    assert_all_done(run_steps(tasks, ReadCfg(trace=str(trace)), encoders_per_actor=2,
+                              before_run=lambda ex: encoders.append(len(ex.encoders))), tasks, redone={})
+    assert encoders == [2]
     assert reads(trace) == {v.video_id: 1 for t in tasks for v in t.videos}
 
 
@@ -479,9 +483,11 @@ def test_a_crashed_matter_actor_gets_no_more_work_until_it_is_back(ray_session, 
     is written exactly; each life of the doomed actor saw one video, never one that had failed on it."""
     marker = tmp_path / "doomed"
     tasks = make_tasks(4, 2, 3)
+    encoders = []
     result = run_steps(tasks, matter_args=("doomed", str(marker)), num_actors=2, actor_cpus=1.0, max_restarts=1,
-                       read_ahead=1)
+                       read_ahead=1, before_run=lambda ex: encoders.append(len(ex.encoders)))
     assert_all_done(result, tasks, redone={})
+    assert encoders == [2]                               # --encoders-per-actor 1, two matter actors
     lives = [line.split() for line in (tmp_path / "doomed.trace").read_text().splitlines()]
     assert 1 <= len(lives) <= 2                          # one line per life: it exits on its first chunk
     assert len({pid for _, pid, _ in lives}) == len(lives)

@@ -73,7 +73,7 @@ def _job(server: JobServer, *extra: str, data: str, out: str, popen: bool = Fals
     its own, started with the server's environment."""
     args = ["--split", "sav_train", "--data-root", data, "--out", out,
             "--matter", matter, "--address", "local", "--num-cpus", "2", "--videos-per-shard", "1",
-            "--no-progress", "--log-level", "WARNING", *extra]
+            "--no-progress", "--log-level", "WARNING", "--encoders-per-actor", "1", *extra]  # (see job_cli.COMMON)
     if popen:
         return subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, env=server.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
