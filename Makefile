@@ -31,7 +31,7 @@ $(STAMP): requirements.lock requirements-sam2.lock pyproject.toml
 	touch $(STAMP)
 
 # TEST_WORKERS: test files run at a time (xdist workers, each with its own job server and Ray sessions);
-# 2 by default: 8m27s on this 2-core machine against 12m30s in one process (TEST_WORKERS=1)
+# 2 by default: 7m42s on this 2-core machine against ~12 min in one process (TEST_WORKERS=1)
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 # PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS="--durations=0" or PYTEST_ARGS="tests/test_executor.py"

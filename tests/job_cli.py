@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 SPLIT = "sav_train"
 #: one encoder actor per matter actor (the default two): a run on the test split costs ~3 new worker processes
 #: instead of 5-7 (the actors' processes end with the run; ~0.5 CPU-s each to start), about 3 CPU-s a run
-#: instead of 5. The runs that start their own process or cluster (test_cluster, SIGKILL, `ray job submit`)
-#: keep the default, and their tars are compared with these byte for byte.
+#: instead of 5. The SIGKILL run and `ray job submit` (processes of their own) keep the default two, and
+#: their tars are compared with these byte for byte.
 COMMON = ["--split", SPLIT, "--address", "local", "--num-cpus", "2", "--no-progress", "--videos-per-shard", "1",
           "--encoders-per-actor", "1"]
 
