@@ -21,12 +21,13 @@ from pipeline.reader import ReaderConfig, list_videos, plan_video
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = "sav_train"
-#: one encoder actor per matter actor (the default two): a run on the test split costs ~3 new worker processes
-#: instead of 5-7 (the actors' processes end with the run; ~0.5 CPU-s each to start), about 3 CPU-s a run
-#: instead of 5. The SIGKILL run and `ray job submit` (processes of their own) keep the default two, and
-#: their tars are compared with these byte for byte.
+#: one encoder actor per matter actor (the default two), for every job run the tests start: a run on the test
+#: split costs ~3 new worker processes instead of 5-7 (the actors' processes end with the run; ~0.5 CPU-s each
+#: to start), about 3 CPU-s a run instead of 5. The SIGKILL run and `ray job submit` keep the default two,
+#: and their tars are compared with these byte for byte.
+ONE_ENCODER = ["--encoders-per-actor", "1"]
 COMMON = ["--split", SPLIT, "--address", "local", "--num-cpus", "2", "--no-progress", "--videos-per-shard", "1",
-          "--encoders-per-actor", "1"]
+          *ONE_ENCODER]
 
 
 def run_cli(data_root: Path, out: Path, *extra: str, env: dict | None = None, timeout: float = 240,

@@ -15,7 +15,7 @@ from ray.cluster_utils import Cluster
 
 from mava import schema
 from mava.verify import verify
-from tests.job_cli import REPO, SPLIT, run_cli, tree_bytes
+from tests.job_cli import ONE_ENCODER, REPO, SPLIT, run_cli, tree_bytes
 
 #: nodes are declared dead within ~2 s of their raylet going away (Ray's default is ~30 s)
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_timeout_ms": 500,
@@ -61,7 +61,7 @@ def clean(synth_split, tmp_path_factory):
 def _start(cluster, data: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline.run", "--split", SPLIT, "--data-root", str(data), "--out", str(out),
            "--address", cluster.address, "--no-progress", "--videos-per-shard", "1", "--log-level", "WARNING",
-           "--encoders-per-actor", "1", *SLOW, *extra]   # (see job_cli.COMMON)
+           *ONE_ENCODER, *SLOW, *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

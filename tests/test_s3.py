@@ -27,7 +27,7 @@ from mava import manifest as mf
 from mava.folder import as_split
 from mava import schema
 from mava.__main__ import main
-from tests.job_cli import JobServer, kill_tree
+from tests.job_cli import ONE_ENCODER, JobServer, kill_tree
 from tests.s3_server import FAKE_AWS, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _job(server: JobServer, *extra: str, data: str, out: str, popen: bool = Fals
     its own, started with the server's environment."""
     args = ["--split", "sav_train", "--data-root", data, "--out", out,
             "--matter", matter, "--address", "local", "--num-cpus", "2", "--videos-per-shard", "1",
-            "--no-progress", "--log-level", "WARNING", "--encoders-per-actor", "1", *extra]  # (see job_cli.COMMON)
+            "--no-progress", "--log-level", "WARNING", *ONE_ENCODER, *extra]
     if popen:
         return subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, env=server.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
